@@ -1,0 +1,187 @@
+"""Memory and time meters (DESIGN "Measuring cost honestly").
+
+Memory of an engine = peak over a training step of
+    live bytes autograd saved for backward (storages de-duplicated, parameters excluded)
+  + bytes the engine holds outside autograd (bank, key cache, G, boundary states, indices),
+cross-checked by the peak RSS growth of the process and, on CUDA, `max_memory_allocated`.
+
+    meter = MemoryMeter(model.parameters())
+    with meter:
+        engine(model, batch, loss_fn, k_trunc, meter)
+    meter.peak_bytes
+"""
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+
+class NullMeter:
+    """Accepts an engine's held-bytes reports and ignores them (training outside benchmarks)."""
+
+    def hold(self, *tensors: Tensor | None) -> None:
+        """Record tensors the engine keeps outside autograd."""
+
+    def release(self, *tensors: Tensor | None) -> None:
+        """Record that held tensors were let go."""
+
+
+def _nbytes(tensors: Iterable[Tensor | None]) -> int:
+    return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
+
+
+class _Saved:
+    """What the pack hook hands autograd: the tensor, plus a finaliser that un-counts its storage."""
+
+    __slots__ = ("tensor", "key", "meter")
+
+    def __init__(self, tensor: Tensor, key: int, meter: MemoryMeter) -> None:
+        self.tensor, self.key, self.meter = tensor, key, meter
+
+    def __del__(self) -> None:
+        self.meter._unpacked(self.key)
+
+
+class MemoryMeter(NullMeter):
+    """Peak of (live saved-for-backward bytes + held bytes) while active as a context manager."""
+
+    def __init__(self, parameters: Iterable[Tensor]) -> None:
+        self._params = {p.untyped_storage().data_ptr() for p in parameters}
+        self._live: dict[int, list[int]] = {}  # storage pointer -> [bytes, references]
+        self.saved_bytes = 0
+        self.held_bytes = 0
+        self.peak_saved_bytes = 0
+        self.peak_held_bytes = 0
+        self.peak_bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def __enter__(self) -> MemoryMeter:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    def hold(self, *tensors: Tensor | None) -> None:
+        self.held_bytes += _nbytes(tensors)
+        self._update_peak()
+
+    def release(self, *tensors: Tensor | None) -> None:
+        self.held_bytes -= _nbytes(tensors)
+
+    def _update_peak(self) -> None:
+        self.peak_saved_bytes = max(self.peak_saved_bytes, self.saved_bytes)
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
+        self.peak_bytes = max(self.peak_bytes, self.saved_bytes + self.held_bytes)
+
+    def _pack(self, tensor: Tensor):
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self._params or storage.nbytes() == 0:
+            return tensor
+        entry = self._live.get(key)
+        if entry is None:
+            self._live[key] = [storage.nbytes(), 1]
+            self.saved_bytes += storage.nbytes()
+            self._update_peak()
+        else:
+            entry[1] += 1
+        return _Saved(tensor, key, self)
+
+    @staticmethod
+    def _unpack(packed):
+        return packed.tensor if isinstance(packed, _Saved) else packed
+
+    def _unpacked(self, key: int) -> None:
+        entry = self._live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.saved_bytes -= entry[0]
+            del self._live[key]
+
+
+def rss_peak_reset() -> int:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; return the current RSS in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _proc_status_bytes("VmRSS")
+
+
+def rss_peak_bytes() -> int:
+    """Peak RSS (VmHWM) in bytes since the last reset; falls back to ru_maxrss where /proc is absent."""
+    peak = _proc_status_bytes("VmHWM")
+    return peak if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _proc_status_bytes(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued CUDA work so a timer measures it (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def cuda_peak(device: torch.device | str):
+    """Reset CUDA peak stats on entry; yields a dict filled with allocated/reserved peaks on exit."""
+    out: dict[str, int] = {}
+    is_cuda = torch.device(device).type == "cuda"
+    if is_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    yield out
+    if is_cuda:
+        torch.cuda.synchronize(device)
+        out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        out["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+
+
+class StepTimer:
+    """Accumulates wall time of training steps only; the first `warmup` steps are excluded from s/step."""
+
+    def __init__(self, device: torch.device | str, warmup: int = 1) -> None:
+        self.device, self.warmup = device, warmup
+        self.total_seconds = 0.0
+        self.timed_seconds = 0.0
+        self.steps = 0
+        self.timed_steps = 0
+
+    @contextmanager
+    def step(self):
+        """Time one training step (synchronised on CUDA)."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        self.total_seconds += elapsed
+        self.steps += 1
+        if self.steps > self.warmup:
+            self.timed_seconds += elapsed
+            self.timed_steps += 1
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean seconds of the steps after warm-up (all steps if there were no others)."""
+        if self.timed_steps:
+            return self.timed_seconds / self.timed_steps
+        return self.total_seconds / max(self.steps, 1)

@@ -1,0 +1,324 @@
+"""One trial: train a method on a task, evaluate it, measure its cost.
+
+    python -m sab.train --task copy --method sab --seq-len 30 --steps 2000
+    result = run_trial(TrialSpec(task="copy", method="sab", seq_len=30), on_report=print)
+
+A trial never raises for what happens while it runs: the result's status says how it ended
+(ok, diverged, oom, timeout, error), with partial metrics kept.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from sab.credit import ENGINES, METHODS, build_model
+from sab.measure import MemoryMeter, StepTimer, cuda_peak, rss_peak_bytes, rss_peak_reset
+from sab.tasks import TASKS, Task, make_task
+
+VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
+"""Generator seeds of the held-out validation and test sets (the same for every trial)."""
+
+RESULT_STATUSES = ("ok", "oom", "diverged")
+FAILURE_STATUSES = ("error", "timeout")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+DTYPES = ("float32", "float64")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that defines one trial; frozen and hashable (a harness cell holds one)."""
+
+    task: str = field(default="copy", metadata=_help("task name: " + ", ".join(sorted(TASKS))))
+    method: str = field(default="sab", metadata=_help("credit assignment: " + ", ".join(METHODS)))
+    seq_len: int = field(default=30, metadata=_help("task length parameter T (copy: delay; L = T + 20)"))
+    hidden_size: int = field(default=64, metadata=_help("LSTM hidden units H"))
+    attn_size: int | None = field(default=None, metadata=_help("scorer width A (default H)"))
+    k_trunc: int = field(default=5, metadata=_help("local backprop window: the state is detached every k_trunc steps"))
+    k_top: int = field(default=3, metadata=_help("memories attended per step (sab)"))
+    k_att: int = field(default=5, metadata=_help("a memory is written every k_att steps (sab)"))
+    batch_size: int = field(default=32, metadata=_help("sequences per batch"))
+    lr: float = field(default=1e-3, metadata=_help("learning rate"))
+    optimizer: str = field(default="adam", metadata=_help("optimizer: " + ", ".join(OPTIMIZERS)))
+    clip: float = field(default=1.0, metadata=_help("gradient-norm clip (0: none)"))
+    steps: int = field(default=1000, metadata=_help("training steps (one batch each)"))
+    eval_interval: int = field(default=200, metadata=_help("steps between validation evaluations"))
+    eval_batches: int = field(default=4, metadata=_help("batches of the validation and test sets"))
+    seed: int = field(default=0, metadata=_help("seed of initialisation and training data"))
+    device: str = field(default="cpu", metadata=_help("cpu, cuda, cuda:N or auto (CUDA when present)"))
+    threads: int = field(default=1, metadata=_help("torch CPU threads of this trial"))
+    transfer_lengths: tuple[int, ...] = field(default=(), metadata=_help("also evaluate (no_grad) at these T"))
+    weights_path: str | None = field(default=None, metadata=_help("save the trained weights here"))
+    time_limit_s: float | None = field(default=None, metadata=_help("stop training after this many seconds: status timeout"))
+    dtype: str = field(default="float32", metadata=_help("float32 or float64"))
+
+    def validate(self) -> TrialSpec:
+        """Raise one clear ValueError naming the first bad value and what is allowed."""
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(sorted(TASKS))}")
+        if self.method not in ENGINES:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        for name in ("seq_len", "hidden_size", "k_trunc", "k_top", "k_att", "batch_size", "steps", "eval_interval", "eval_batches", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.attn_size is not None and self.attn_size < 1:
+            raise ValueError(f"attn_size must be >= 1 or None, got {self.attn_size!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if any(t < 1 for t in self.transfer_lengths):
+            raise ValueError(f"transfer_lengths must all be >= 1, got {self.transfer_lengths!r}")
+        if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
+            raise ValueError(f"unknown device {self.device!r}; valid: cpu, auto, cuda, cuda:N")
+        return self
+
+
+@dataclass
+class TrialResult:
+    """How a trial ended, what it scored and what it cost."""
+
+    status: str = "ok"
+    metrics: dict[str, float] = field(default_factory=dict)
+    curve: list[dict[str, float]] = field(default_factory=list)
+    steps_done: int = 0
+    train_seconds: float = 0.0
+    seconds_per_step: float = float("nan")
+    tokens_per_second: float = float("nan")
+    peak_saved_bytes: int = 0
+    peak_held_bytes: int = 0
+    peak_bytes: int = 0
+    peak_rss_bytes: int = 0
+    cuda_max_allocated_bytes: int = 0
+    cuda_max_reserved_bytes: int = 0
+    device: str = "cpu"
+    device_name: str = "cpu"
+    threads: int = 1
+    torch_version: str = torch.__version__
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict."""
+        return dataclasses.asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU; a CUDA request without CUDA is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here; valid: cpu, auto")
+    return device
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA and CPU allocation failures, however torch or Python spells them."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _optimizer(spec: TrialSpec, params) -> torch.optim.Optimizer:
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr)
+    if spec.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=spec.lr)
+    return torch.optim.SGD(params, lr=spec.lr, momentum=0.9)
+
+
+def _to(batch, device: torch.device, dtype: torch.dtype):
+    inputs = batch.inputs.to(device=device, dtype=dtype)
+    targets = batch.targets.to(device=device, dtype=dtype if batch.targets.is_floating_point() else batch.targets.dtype)
+    return dataclasses.replace(batch, inputs=inputs, targets=targets, positions=batch.positions.to(device))
+
+
+def evaluation_set(task: Task, spec: TrialSpec, seed: int) -> list:
+    """A fixed held-out set: `eval_batches` batches from a generator seeded apart from training."""
+    generator = torch.Generator().manual_seed(seed)
+    return [task.sample(spec.batch_size, generator) for _ in range(spec.eval_batches)]
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, batches: list, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """Mean metrics of the model over batches, under no_grad (the inference forward)."""
+    totals: dict[str, float] = {}
+    for batch in batches:
+        batch = _to(batch, device, dtype)
+        logits = model.infer(batch.inputs, batch.positions)
+        for key, value in task.metrics(logits, batch.targets).items():
+            totals[key] = totals.get(key, 0.0) + value / len(batches)
+    return totals
+
+
+def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype):
+    """The seeded model of a spec, on its device and dtype."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size)
+    return model.to(device=device, dtype=dtype)
+
+
+def run_trial(spec: TrialSpec, on_report: Callable[[dict], None] | None = None) -> TrialResult:
+    """Train, evaluate (also at the transfer lengths) and measure one trial; never raises for the trial's own failures."""
+    result = TrialResult(threads=spec.threads)
+    try:
+        spec.validate()
+        _run(spec, result, on_report or (lambda _: None))
+    except Exception as error:  # every failure becomes a status; the sweep goes on
+        result.status = "oom" if is_out_of_memory(error) else "error"
+        result.error_type = type(error).__name__
+        result.error = str(error)[:2000]
+        result.traceback = traceback.format_exc()[-4000:]
+    return result
+
+
+def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -> None:
+    torch.set_num_threads(spec.threads)
+    device = resolve_device(spec.device)
+    dtype = getattr(torch, spec.dtype)
+    result.device = str(device)
+    result.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    task = make_task(spec.task, spec.seq_len)
+    model = build(spec, task, device, dtype)
+    engine = ENGINES[spec.method]
+    optimizer = _optimizer(spec, model.parameters())
+    generator = torch.Generator().manual_seed(spec.seed)
+    val_set, test_set = evaluation_set(task, spec, VAL_SEED), evaluation_set(task, spec, TEST_SEED)
+    timer = StepTimer(device)
+    rss_before = rss_peak_reset()
+    started = time.monotonic()
+    with cuda_peak(device) as cuda:
+        for step in range(1, spec.steps + 1):
+            batch = _to(task.sample(spec.batch_size, generator), device, dtype)
+            meter = MemoryMeter(model.parameters()) if step == min(2, spec.steps) else None
+            with timer.step():
+                optimizer.zero_grad(set_to_none=True)
+                if meter is None:
+                    out = engine(model, batch, task.loss, spec.k_trunc)
+                else:
+                    with meter:
+                        out = engine(model, batch, task.loss, spec.k_trunc, meter)
+                if spec.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip)
+                optimizer.step()
+            result.steps_done = step
+            if meter is not None:
+                result.peak_saved_bytes = meter.peak_saved_bytes
+                result.peak_held_bytes = meter.peak_held_bytes
+                result.peak_bytes = meter.peak_bytes
+            if not math.isfinite(out.loss):
+                result.status = "diverged"
+                result.error = f"training loss became {out.loss} at step {step}"
+                break
+            over_time = spec.time_limit_s is not None and time.monotonic() - started > spec.time_limit_s
+            if step % spec.eval_interval == 0 or step == spec.steps or over_time:
+                point = {"step": step, "train_loss": out.loss, "elapsed_s": time.monotonic() - started}
+                point.update({f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()})
+                result.curve.append(point)
+                report(point)
+            if over_time:
+                result.status = "timeout"
+                result.error = f"time limit of {spec.time_limit_s} s reached after {step} of {spec.steps} steps"
+                break
+    result.peak_rss_bytes = max(0, rss_peak_bytes() - rss_before)
+    result.cuda_max_allocated_bytes = cuda.get("cuda_max_allocated_bytes", 0)
+    result.cuda_max_reserved_bytes = cuda.get("cuda_max_reserved_bytes", 0)
+    result.train_seconds = timer.total_seconds
+    result.seconds_per_step = timer.seconds_per_step
+    result.tokens_per_second = spec.batch_size * task.length / result.seconds_per_step
+    _final_metrics(spec, task, model, result, val_set, test_set, device, dtype)
+    if spec.weights_path:
+        save_weights(model, spec, spec.weights_path)
+
+
+def _final_metrics(spec, task, model, result, val_set, test_set, device, dtype) -> None:
+    """Validation and test metrics; transfer lengths only for a trial that finished its steps."""
+    metrics = {f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()}
+    metrics.update(evaluate(model, task, test_set, device, dtype))
+    if result.status == "ok":
+        for length in spec.transfer_lengths:
+            longer = task.at_length(length)
+            batches = evaluation_set(longer, spec, TEST_SEED)
+            for key, value in evaluate(model, longer, batches, device, dtype).items():
+                metrics[f"transfer_{key}_{length}"] = value
+    result.metrics = metrics
+
+
+def save_weights(model: torch.nn.Module, spec: TrialSpec, path: str) -> None:
+    """Save the state dict and the spec as plain data (loadable with weights_only=True)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "spec": dataclasses.asdict(spec)}, path)
+
+
+def load_weights(path: str, device: str = "cpu") -> tuple[torch.nn.Module, TrialSpec]:
+    """Rebuild a saved model; the file is read with weights_only=True (no code runs from it)."""
+    saved = torch.load(path, map_location=device, weights_only=True)
+    values = dict(saved["spec"])
+    values["transfer_lengths"] = tuple(values["transfer_lengths"])
+    spec = TrialSpec(**values)
+    task = make_task(spec.task, spec.seq_len)
+    model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size)
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device=device, dtype=getattr(torch, spec.dtype)), spec
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sab.train", description="Run one SAB-bench trial and print its result as JSON.")
+    for f in fields(TrialSpec):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "transfer_lengths":
+            parser.add_argument(flag, type=int, nargs="*", default=[], help=f.metadata["help"])
+        elif f.name in ("attn_size",):
+            parser.add_argument(flag, type=int, default=None, help=f.metadata["help"])
+        elif f.name in ("weights_path",):
+            parser.add_argument(flag, type=str, default=None, help=f.metadata["help"])
+        elif f.name == "time_limit_s":
+            parser.add_argument(flag, type=float, default=None, help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: one trial, a progress line per evaluation, the result as JSON; exit 1 on a failure status."""
+    args = vars(_parser().parse_args(argv))
+    args["transfer_lengths"] = tuple(args["transfer_lengths"])
+    spec = TrialSpec(**args)
+    try:
+        spec.validate()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def progress(point: dict) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in point.items())
+        print(shown, file=sys.stderr, flush=True)
+
+    result = run_trial(spec, on_report=progress)
+    summary = result.to_dict()
+    summary.pop("curve")
+    print(json.dumps(summary, indent=2))
+    return 1 if result.status in FAILURE_STATUSES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
