@@ -80,11 +80,11 @@ def _cell_loop(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: i
     """Step loop with one backward; detaching every k_trunc steps gives the one-graph TBPTT reference."""
     x = batch.inputs
     scored = set(batch.positions.tolist())
-    gates_x = model.input_gates(x)
+    gates_x = model.input_gates(x).unbind(1)  # one backward node for all steps, not a zero-padded copy per step
     h, c = model.zero_state(x)
     outs = []
     for t in range(x.shape[1]):
-        h, c = lstm_step(gates_x[:, t], h, c, model.w_hh)
+        h, c = lstm_step(gates_x[t], h, c, model.w_hh)
         if t in scored:
             outs.append(h)
         if k_trunc is not None and (t + 1) % k_trunc == 0:
@@ -126,14 +126,14 @@ def reference_loss(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc:
     """The loss of SAB's forward as one differentiable graph (memories kept with their graph)."""
     x = batch.inputs
     scored = set(batch.positions.tolist())
-    gates_x = model.input_gates(x)
+    gates_x = model.input_gates(x).unbind(1)
     h, c = model.zero_state(x)
     zero_summary = h
     memories: list[Tensor] = []
     keys: list[Tensor] = []
     features = []
     for t in range(x.shape[1]):
-        provisional, c = lstm_step(gates_x[:, t], h, c, model.w_hh)
+        provisional, c = lstm_step(gates_x[t], h, c, model.w_hh)
         if memories:
             bank = torch.stack(memories, dim=1)
             weights = attention_weights(model.scorer(provisional, torch.stack(keys, dim=1)), model.k_top)
@@ -219,11 +219,11 @@ def sab(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter
         if len(columns) == 0 and not bool(grad_bank[:, n_before:n_after].any()):
             continue  # nothing in this segment can receive credit
         h, c = run.starts[segment]
-        gates_x = model.input_gates(x[:, start:stop])
+        gates_x = model.input_gates(x[:, start:stop]).unbind(1)
         fresh: list[Tensor] = []
         features = []
         for t in range(start, stop):
-            provisional, c = lstm_step(gates_x[:, t - start], h, c, model.w_hh)
+            provisional, c = lstm_step(gates_x[t - start], h, c, model.w_hh)
             n = t // k_att
             if n == 0:
                 summary = torch.zeros_like(provisional)

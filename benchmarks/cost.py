@@ -1,0 +1,210 @@
+"""Cost benchmark: peak memory and seconds per training step of every engine, side by side.
+
+    python -m benchmarks.cost                 # T = 100, 300, 1000, 3000; H=128, B=32; k_trunc=k_att=10, k_top=5
+    python -m benchmarks.cost --lengths 50 --hidden-size 64 --k-trunc 5 --k-att 5 --k-top 3   # sizes `quick`
+
+Each configuration runs in its own fresh process (`benchmarks.cost_worker`): a warm-up step, a
+step under the saved-tensor meter, a step under the RSS peak; then timing repetitions are
+interleaved across the engines of one length, one engine running at a time, and medians
+reported. Sequences are copy-like: L = T steps, 10 classes, a loss at every step. An engine whose
+predicted bytes exceed the free memory is skipped and marked. Writes results/cost/cost.csv.
+Compare engines only as ratios from one run on one machine.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+from sab.credit import METHODS
+
+COLUMNS = (
+    "method", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "batch_size",
+    "peak_saved_bytes", "held_bytes", "peak_bytes", "peak_rss_bytes", "step_seconds",
+    "device", "threads", "status", "predicted_bytes", "cuda_max_allocated_bytes", "repeats",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """One engine at one length."""
+
+    method: str
+    seq_len: int
+    hidden_size: int = 128
+    batch_size: int = 32
+    k_trunc: int = 10
+    k_att: int = 10
+    k_top: int = 5
+    device: str = "cpu"
+    threads: int = 1
+
+
+def predicted_bytes(c: CostConfig) -> int:
+    """A generous estimate of an engine's peak training bytes, to skip what cannot fit."""
+    B, H, L, f = c.batch_size, c.hidden_size, c.seq_len, 4
+    lstm_per_step = 16 * H * B * f  # the fused CPU kernel's workspace is the largest seen (~16H floats)
+    if c.method in ("bptt", "bptt_cell"):
+        return lstm_per_step * L
+    if c.method == "tbptt":
+        return lstm_per_step * c.k_trunc
+    k_att = 1 if c.method == "self_attention" else c.k_att
+    pairs = L * L // (2 * k_att)  # Σ_t |M_t|
+    if c.method == "sab":
+        return (3 * H * B * f) * (L // k_att + 1) + 2 * H * B * f * (L // c.k_trunc + 1) + lstm_per_step * 2 * c.k_trunc
+    return 4 * H * B * f * pairs + lstm_per_step * L  # sab_reference, self_attention: stacked banks, keys, tanh
+
+
+def free_bytes(device: str) -> int:
+    """Memory the next configuration may use: CUDA free memory, or MemAvailable."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+class _Process:
+    """A running worker for one configuration."""
+
+    def __init__(self, config: CostConfig) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(config.threads), MKL_NUM_THREADS=str(config.threads))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self.config = config
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.cost_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root,
+        )  # fmt: skip
+
+    def ask(self, message: dict) -> dict | None:
+        """Send one command; None if the worker died (e.g. killed for memory)."""
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            return None
+        return json.loads(line) if line else None
+
+    def close(self) -> None:
+        """Ask the worker to quit and reap it."""
+        try:
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.wait(timeout=60)
+
+
+def measure(configs: list[CostConfig], repeats: int, steps: int = 1, log=print) -> list[dict]:
+    """Memory of each configuration in turn, then interleaved timing per length; one row each."""
+    rows: list[dict] = []
+    for length in sorted({c.seq_len for c in configs}):
+        running: list[tuple[_Process, dict]] = []
+        for config in (c for c in configs if c.seq_len == length):
+            row = dict(asdict(config), predicted_bytes=predicted_bytes(config), repeats=repeats, step_seconds=float("nan"))
+            rows.append(row)
+            if row["predicted_bytes"] > 0.8 * free_bytes(config.device):
+                row["status"] = "skipped"
+                log(f"T={length} {config.method}: skipped, predicted {row['predicted_bytes'] / 2**30:.1f} GiB > free memory")
+                continue
+            process = _Process(config)
+            answer = process.ask(asdict(config))
+            if answer is None:
+                row["status"] = "failed"
+                log(f"T={length} {config.method}: worker died during the memory steps")
+                continue
+            row.update(answer, status="ok")
+            running.append((process, row))
+            log(f"T={length} {config.method}: peak {answer['peak_bytes'] / 2**20:.1f} MiB, rss {answer['peak_rss_bytes'] / 2**20:.1f} MiB")
+        samples: dict[int, list[float]] = {id(row): [] for _, row in running}
+        for repetition in range(repeats):
+            shift = repetition % max(len(running), 1)
+            for process, row in running[shift:] + running[:shift]:  # rotate the order each repetition
+                answer = process.ask({"time": steps})
+                if answer is None:
+                    row["status"] = "failed"
+                    continue
+                samples[id(row)].append(answer["seconds"] / steps)
+        for process, row in running:
+            if samples[id(row)]:
+                row["step_seconds"] = statistics.median(samples[id(row)])
+            process.close()
+    return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    """The rows as CSV with the benchmark's columns."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table: memory and time per engine and length, with ratios to bptt and bptt_cell."""
+    by = {(r["method"], r["seq_len"]): r for r in rows}
+    lines = [
+        "| T | method | peak MiB | /bptt | /bptt_cell | RSS MiB | s/step | /bptt | /bptt_cell |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(row, base, key):
+        if base is None or row.get("status") != "ok" or base.get("status") != "ok" or not base.get(key):
+            return "—"
+        value = row[key] / base[key]
+        return "—" if value != value else f"{value:.3f}"
+
+    for r in rows:
+        base, cell = by.get(("bptt", r["seq_len"])), by.get(("bptt_cell", r["seq_len"]))
+        if r.get("status") != "ok":
+            lines.append(f"| {r['seq_len']} | {r['method']} | {r.get('status')} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['seq_len']} | {r['method']} | {r['peak_bytes'] / 2**20:.1f} | {ratio(r, base, 'peak_bytes')} | "
+            f"{ratio(r, cell, 'peak_bytes')} | {r['peak_rss_bytes'] / 2**20:.1f} | {r['step_seconds']:.4f} | "
+            f"{ratio(r, base, 'step_seconds')} | {ratio(r, cell, 'step_seconds')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, measure, write the CSV and print the table last."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[100, 300, 1000, 3000], help="sequence lengths T (= L steps)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="engines to measure")
+    parser.add_argument("--hidden-size", type=int, default=128, help="LSTM hidden units H")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch B")
+    parser.add_argument("--k-trunc", type=int, default=10, help="SAB / TBPTT truncation")
+    parser.add_argument("--k-att", type=int, default=10, help="SAB memory interval")
+    parser.add_argument("--k-top", type=int, default=5, help="SAB memories per step")
+    parser.add_argument("--repeats", type=int, default=5, help="timing repetitions per engine (0: memory only)")
+    parser.add_argument("--steps", type=int, default=1, help="training steps per repetition")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per engine")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default="results/cost/cost.csv", help="CSV output path")
+    args = parser.parse_args(argv)
+    configs = [
+        CostConfig(m, t, args.hidden_size, args.batch_size, args.k_trunc, args.k_att, args.k_top, args.device, args.threads)
+        for t in args.lengths
+        for m in args.methods
+    ]
+    rows = measure(configs, args.repeats, args.steps, log=lambda s: print(s, file=sys.stderr, flush=True))
+    write_csv(rows, args.out)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""One engine configuration in a fresh process, driven over stdin/stdout by `benchmarks.cost`.
+
+Protocol (one JSON object per line): the first line is the configuration; the worker answers
+with its memory figures, then answers each `{"time": n}` with the seconds of n training steps,
+and exits on `{"quit": true}` or end of input. Keeping one process per configuration gives each
+its own RSS figure and lets the driver interleave timing repetitions across engines.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+import time
+
+import torch
+
+from sab.credit import ENGINES, Batch, build_model
+from sab.measure import MemoryMeter, cuda_peak, rss_peak_bytes, rss_peak_reset, synchronize
+from sab.tasks.base import cross_entropy, one_hot
+
+CLASSES = 10
+
+
+def make_batch(batch_size: int, length: int, device: torch.device, seed: int = 0) -> Batch:
+    """Copy-like data: one-hot inputs of 10 classes and a class target at every step."""
+    g = torch.Generator().manual_seed(seed)
+    x = one_hot(torch.randint(0, CLASSES, (batch_size, length), generator=g), CLASSES)
+    y = torch.randint(0, CLASSES, (batch_size, length), generator=g)
+    return Batch(x.to(device), y.to(device), torch.arange(length, device=device))
+
+
+def _trim() -> None:
+    """Give freed heap pages back to the OS so the next RSS peak starts from a clean base."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+class Worker:
+    """A model, a batch and an optimizer for one (method, length) configuration."""
+
+    def __init__(self, config: dict) -> None:
+        torch.set_num_threads(config["threads"])
+        torch.manual_seed(0)
+        self.config = config
+        self.device = torch.device(config["device"])
+        self.model = build_model(
+            config["method"], CLASSES, config["hidden_size"], CLASSES, config["k_top"], config["k_att"]
+        ).to(self.device)
+        self.batch = make_batch(config["batch_size"], config["seq_len"], self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.engine = ENGINES[config["method"]]
+
+    def step(self, meter=None) -> None:
+        """One training step: zero grads, the engine's forward and backward, the optimizer."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if meter is None:
+            self.engine(self.model, self.batch, cross_entropy, self.config["k_trunc"])
+        else:
+            with meter:
+                self.engine(self.model, self.batch, cross_entropy, self.config["k_trunc"], meter)
+        self.optimizer.step()
+
+    def memory(self) -> dict:
+        """Warm up, then one step under the saved-tensor meter and one under the RSS (and CUDA) peak."""
+        self.step()
+        meter = MemoryMeter(self.model.parameters())
+        self.step(meter)
+        _trim()
+        base = rss_peak_reset()
+        with cuda_peak(self.device) as cuda:
+            self.step()
+        return {
+            "peak_saved_bytes": meter.peak_saved_bytes,
+            "held_bytes": meter.peak_held_bytes,
+            "peak_bytes": meter.peak_bytes,
+            "peak_rss_bytes": max(0, rss_peak_bytes() - base),
+            "cuda_max_allocated_bytes": cuda.get("cuda_max_allocated_bytes", 0),
+        }
+
+    def time(self, steps: int) -> float:
+        """Wall seconds of `steps` training steps (synchronised on CUDA)."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    """Serve the driver until it says quit."""
+    worker = Worker(json.loads(sys.stdin.readline()))
+    print(json.dumps(worker.memory()), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("quit"):
+            break
+        print(json.dumps({"seconds": worker.time(command["time"])}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Grid expansion and content-addressed cell identity.
+
+A cell is one TrialSpec of a sweep. Its id hashes the resolved spec without the fields its
+method ignores (k_top for bptt, ...) and without execution details (threads, weights path,
+time cap), plus the task, budget, METHOD_VERSION and SCHEMA_VERSION. The git sha is a tag of
+the run, not part of the id: a rerun after an unrelated commit still finds its cells done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+from sab import METHOD_VERSION
+from sab.credit import USES
+from sab.train import TrialSpec
+
+from harness.config import SweepConfig, SweepError
+
+SCHEMA_VERSION = 1
+"""Bumped by hand when what a cell records changes shape."""
+
+METHOD_PARAMS = ("k_trunc", "k_top", "k_att", "attn_size")
+EXECUTION_DETAILS = ("threads", "weights_path", "time_limit_s")
+_DEFAULTS = TrialSpec()
+
+
+def canonical(spec: TrialSpec) -> TrialSpec:
+    """The spec with the method parameters its method ignores reset to their defaults."""
+    ignored = {p: getattr(_DEFAULTS, p) for p in METHOD_PARAMS if p not in USES[spec.method]}
+    return dataclasses.replace(spec, **ignored)
+
+
+def identity(spec: TrialSpec, budget: str) -> dict[str, Any]:
+    """What makes two cells the same experiment."""
+    values = {k: v for k, v in dataclasses.asdict(canonical(spec)).items() if k not in EXECUTION_DETAILS}
+    values["transfer_lengths"] = list(values["transfer_lengths"])
+    return {"spec": values, "budget": budget, "method_version": METHOD_VERSION, "schema_version": SCHEMA_VERSION}
+
+
+def cell_id(spec: TrialSpec, budget: str) -> str:
+    """A short, stable content hash of the cell's identity."""
+    text = json.dumps(identity(spec, budget), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point of a sweep."""
+
+    sweep: str
+    budget: str
+    spec: TrialSpec
+    axes: tuple[str, ...] = ()
+
+    @property
+    def cell_id(self) -> str:
+        """Content-addressed id (see module docstring)."""
+        return cell_id(self.spec, self.budget)
+
+    @property
+    def name(self) -> str:
+        """The grid point, readable: method first, then the axes this method uses."""
+        parts = [self.spec.method]
+        for axis in self.axes:
+            if axis == "method" or (axis in METHOD_PARAMS and axis not in USES[self.spec.method]):
+                continue
+            value = getattr(self.spec, axis)
+            parts.append(f"{axis}={'-'.join(map(str, value)) if isinstance(value, tuple) else value}")
+        return "__".join(parts)
+
+    def params(self) -> dict[str, Any]:
+        """The spec's fields that matter for this method (ignored ones left out), as loggable values."""
+        out = {}
+        for key, value in dataclasses.asdict(self.spec).items():
+            if key in METHOD_PARAMS and key not in USES[self.spec.method]:
+                continue
+            out[key] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+        return out
+
+
+def _matches(params: dict[str, Any], rule: dict[str, Any]) -> bool:
+    for key, wanted in rule.items():
+        options = wanted if isinstance(wanted, (list, tuple)) else [wanted]
+        if params.get(key, getattr(_DEFAULTS, key)) not in options:
+            return False
+    return True
+
+
+def expand(config: SweepConfig) -> list[Cell]:
+    """Every cell of the sweep, in a deterministic order, de-duplicated by cell id.
+
+    The main grid's product, then each union entry's product (the entry overriding the main
+    grid's axes), minus cells matching an exclude rule. Cells that differ only in a parameter
+    their method ignores (k_top of a bptt cell) collapse into one.
+    """
+    grids = [config.grid] + [{**config.grid, **entry} for entry in config.union]
+    axes = tuple(dict.fromkeys(axis for grid in grids for axis in grid))
+    cells: dict[str, Cell] = {}
+    for grid in grids:
+        names = list(grid)
+        for values in product(*(grid[n] for n in names)):
+            params = {**config.fixed, **dict(zip(names, values))}
+            if any(_matches(params, rule) for rule in config.exclude):
+                continue
+            if isinstance(params.get("transfer_lengths"), list):
+                params["transfer_lengths"] = tuple(params["transfer_lengths"])
+            try:
+                spec = canonical(TrialSpec(**params).validate())
+            except (TypeError, ValueError) as error:
+                raise SweepError(f"sweep {config.name!r}, cell {params}: {error}") from None
+            cell = Cell(config.name, config.budget, spec, axes)
+            cells.setdefault(cell.cell_id, cell)
+    return list(cells.values())

@@ -1,0 +1,240 @@
+"""Ray Tune executor: a grid of cells as Tune trials, locally or on a Ray cluster.
+
+`ray.init(address="local")` starts a private local instance unless an address is given, so a
+Ray cluster already running on the machine is never joined by accident. Each trial runs its
+cell in a spawned child (memory limit, crash isolation) with threads = its CPUs, reports
+progress through `tune.report`, and hands its final TrialResult back to the driver through a
+Tune callback; the driver alone writes MLflow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+
+from sab.train import TrialResult, TrialSpec
+
+from harness.cells import Cell
+from harness.config import Resources, SweepError
+from harness.executors.base import Outcome, trial_spec
+from harness.isolation import run_isolated
+
+RESULT_KEY = "trial_result_json"
+
+
+def _trainable(config: dict) -> None:
+    """Tune function trainable: run one cell in a child process, report progress, then the result."""
+    from ray import tune
+
+    payload = config["cell"]
+    values = dict(payload["spec"], transfer_lengths=tuple(payload["spec"]["transfer_lengths"]))
+    spec = TrialSpec(**values)
+    result = run_isolated(spec, payload["mem_gb"], on_report=lambda point: tune.report(dict(point)))
+    tune.report({RESULT_KEY: json.dumps(result.to_dict()), "status_ok": int(result.status == "ok")})
+
+
+_COLLECTORS: dict[int, "_Collector"] = {}
+"""Driver-side collectors by id: Tune pickles its callbacks with the experiment state, so the
+callback holds only this key, never the (unpicklable) collector."""
+
+
+def _callback(collector: _Collector):
+    """A Tune callback forwarding trial events to the collector registered under its key."""
+    from ray import tune
+
+    global _ResultCallback
+    if _ResultCallback is None:
+
+        class ResultCallback(tune.Callback):
+            def __init__(self, key: int) -> None:
+                self.key = key
+
+            def _target(self):
+                return _COLLECTORS.get(self.key)
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if self._target():
+                    self._target().result(trial, result)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                if self._target():
+                    self._target().error(trial)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                if self._target():
+                    self._target().complete(trial)
+
+        ResultCallback.__module__ = __name__
+        ResultCallback.__qualname__ = "_ResultCallback"
+        _ResultCallback = ResultCallback
+    _COLLECTORS[id(collector)] = collector
+    return _ResultCallback(id(collector))
+
+
+_ResultCallback = None
+
+
+class _Collector:
+    """Driver-side Tune callback that turns finished trials into outcomes on a queue."""
+
+    def __init__(self, cells: dict[str, Cell], sink: queue.Queue, make: Callable[[Cell, TrialResult, float], Outcome]) -> None:
+        self.callback = _callback(self)
+        self.cells, self.sink, self.make = cells, sink, make
+        self.done: set[str] = set()
+        self.started: dict[str, float] = {}
+        self.on_report: Callable[[Cell, dict], None] | None = None
+
+    def _cell(self, trial) -> Cell:
+        return self.cells[trial.config["cell"]["cell_id"]]
+
+    def result(self, trial, result: dict) -> None:
+        cell = self._cell(trial)
+        self.started.setdefault(cell.cell_id, time.monotonic() - float(result.get("time_total_s", 0.0)))
+        if RESULT_KEY in result and cell.cell_id not in self.done:
+            self.done.add(cell.cell_id)
+            trial_result = TrialResult(**json.loads(result[RESULT_KEY]))
+            self.sink.put(self.make(cell, trial_result, float(result.get("time_total_s", 0.0))))
+        elif self.on_report is not None and "step" in result:
+            self.on_report(cell, {k: result[k] for k in result if k in ("step", "train_loss", "val_accuracy", "val_loss")})
+
+    def error(self, trial) -> None:
+        cell = self._cell(trial)
+        if cell.cell_id in self.done:
+            return
+        self.done.add(cell.cell_id)
+        failure = TrialResult(status="error", error_type="RayTrialError")
+        error_file = getattr(trial, "error_file", None) or ""
+        failure.error = f"Ray trial {trial.trial_id} failed" + (f"; see {error_file}" if error_file else "")
+        text = getattr(trial, "error_msg", None)
+        if text:
+            failure.traceback = str(text)[-4000:]
+            if "OutOfMemoryError" in failure.traceback or "out of memory" in failure.traceback.lower():
+                failure.status = "oom"
+        self.sink.put(self.make(cell, failure, 0.0))
+
+    def complete(self, trial) -> None:
+        cell = self._cell(trial)
+        if cell.cell_id not in self.done:  # finished without a final report: count it as an error
+            self.done.add(cell.cell_id)
+            failure = TrialResult(status="error", error_type="NoResult", error=f"Ray trial {trial.trial_id} ended without a result")
+            self.sink.put(self.make(cell, failure, 0.0))
+
+
+class RayExecutor:
+    """Cells as Ray Tune trials with `tune.with_resources`; results yielded as trials finish."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        resources: Resources,
+        storage_path: str,
+        address: str | None = None,
+        experiment_name: str = "sweep",
+        on_report: Callable[[Cell, dict], None] | None = None,
+    ) -> None:
+        self.resources = resources
+        self.storage_path = os.path.abspath(storage_path)
+        self.address = address
+        self.experiment_name = experiment_name
+        self.on_report = on_report
+        self.concurrency = 1
+        self.cluster_address = ""
+
+    def check(self, cells: list[Cell]) -> None:
+        """Before Ray starts: the request against this machine (local) ; after connecting: against the cluster."""
+        if self.address is None:
+            cpus = os.cpu_count() or 1
+            if self.resources.cpus_per_trial > cpus:
+                raise SweepError(f"resources.cpus_per_trial={self.resources.cpus_per_trial} exceeds this machine's {cpus} CPUs")
+            if self.resources.gpus_per_trial > 0:
+                from harness.executors.gpus import require_local_gpus
+
+                require_local_gpus(self.resources.gpus_per_trial)
+
+    def _connect(self) -> dict:
+        import ray
+
+        os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        if not ray.is_initialized():
+            if self.address is None:
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning", log_to_driver=False)
+            else:
+                ray.init(address=self.address, logging_level="warning", log_to_driver=False)
+        self.cluster_address = ray.get_runtime_context().gcs_address
+        available = ray.cluster_resources()
+        need_cpu, need_gpu = self.resources.cpus_per_trial, self.resources.gpus_per_trial
+        if need_cpu > available.get("CPU", 0):
+            raise SweepError(f"resources.cpus_per_trial={need_cpu} but the Ray cluster has {available.get('CPU', 0):g} CPUs")
+        if need_gpu > available.get("GPU", 0):
+            raise SweepError(f"resources.gpus_per_trial={need_gpu} but the Ray cluster has {available.get('GPU', 0):g} GPUs")
+        return available
+
+    def run(self, cells: list[Cell]) -> Iterator[Outcome]:
+        from ray import tune
+
+        available = self._connect()
+        slots = int(available.get("CPU", 1) // self.resources.cpus_per_trial)
+        if self.resources.gpus_per_trial > 0:
+            slots = min(slots, int(available.get("GPU", 0) // self.resources.gpus_per_trial))
+        if self.resources.max_concurrent:
+            slots = min(slots, self.resources.max_concurrent)
+        self.concurrency = max(1, min(slots, len(cells)))
+        by_id = {c.cell_id: c for c in cells}
+        sink: queue.Queue = queue.Queue()
+
+        def make(cell: Cell, result: TrialResult, wall: float) -> Outcome:
+            return Outcome(cell, result, self.name, self.concurrency, self.resources.cpus_per_trial, wall, f"ray://{self.cluster_address}")
+
+        collector = _Collector(by_id, sink, make)
+        collector.on_report = self.on_report
+        payloads = [
+            {"cell_id": c.cell_id, "spec": asdict(trial_spec(c, self.resources)), "mem_gb": self.resources.mem_gb}
+            for c in cells
+        ]
+        trainable = tune.with_resources(_trainable, {"cpu": self.resources.cpus_per_trial, "gpu": self.resources.gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"cell": tune.grid_search(payloads)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=self.concurrency,
+                reuse_actors=True,
+                trial_dirname_creator=lambda trial: trial.config["cell"]["cell_id"],
+            ),
+            run_config=tune.RunConfig(
+                name=self.experiment_name,
+                storage_path=self.storage_path,
+                failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[collector.callback],
+                verbose=0,
+            ),
+        )
+        failure: list[BaseException] = []
+
+        def fit() -> None:
+            try:
+                tuner.fit()
+            except BaseException as error:  # surfaced below, after the outcomes that did finish
+                failure.append(error)
+            finally:
+                sink.put(None)
+
+        thread = threading.Thread(target=fit, name="ray-tune-fit", daemon=True)
+        thread.start()
+        yielded = 0
+        while yielded < len(cells):
+            item = sink.get()
+            if item is None:
+                break
+            yielded += 1
+            yield item
+        thread.join(timeout=60)
+        for cell in cells:  # anything Tune never reported is a failure, never silently dropped
+            if cell.cell_id not in collector.done:
+                reason = f"Ray Tune ended without running this cell ({failure[0]!r})" if failure else "Ray Tune ended without a result for this cell"
+                yield make(cell, TrialResult(status="error", error_type="NotRun", error=reason), 0.0)

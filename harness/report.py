@@ -1,0 +1,283 @@
+"""MLflow runs -> pandas -> `results/NAME/`: report.md, cells.csv, main_table.csv and PNG plots.
+
+    python -m harness.report copy_lengths [--budget quick] [--results-dir results] [--tracking-uri URI]
+
+One row per cell (its latest run with a result status, else its latest failure). Accuracy is
+mean ± std over seeds of the ok cells; where the sweep has an lr axis, each method's lr is picked
+on validation accuracy and its test accuracy shown. Time tables use concurrency-1 rows only.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from sab.train import FAILURE_STATUSES, RESULT_STATUSES
+
+from harness.config import DEFAULT_BUDGET, SweepConfig, SweepError, load_sweep
+from harness.tracking import Tracker
+
+GROUP_CANDIDATES = ("task", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps")
+NUMERIC_PARAMS = ("seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps", "seed", "lr")
+PAPER_COLUMN = "paper (as quoted)"
+MiB = 2**20
+
+
+def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
+    """One tidy row per cell: params, metrics, status and provenance."""
+    runs = tracker.cell_runs(budget)
+    if runs.empty:
+        return pd.DataFrame()
+    runs = runs.sort_values("start_time")
+    runs["_result"] = runs["tags.status"].isin(RESULT_STATUSES)
+    # a cell's row: its latest result run if it has one, else its latest failure
+    runs = runs.sort_values(["_result", "start_time"]).groupby("tags.cell_id", as_index=False).tail(1)
+    rows = pd.DataFrame({"cell_id": runs["tags.cell_id"], "name": runs["tags.mlflow.runName"], "status": runs["tags.status"]})
+    for column in runs.columns:
+        if column.startswith("params."):
+            rows[column[len("params."):]] = runs[column]
+        elif column.startswith("metrics.") and not column.startswith("metrics.curve_"):
+            rows[column[len("metrics."):]] = runs[column]
+    for tag in ("executor", "concurrency", "threads", "device", "device_name", "git_sha", "error_type", "error"):
+        rows[tag] = runs.get(f"tags.{tag}")
+    rows["run_id"] = runs["run_id"]
+    for column in NUMERIC_PARAMS + ("concurrency", "threads"):
+        if column in rows:
+            rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    return rows.sort_values([c for c in ("method", "seq_len", "seed") if c in rows]).reset_index(drop=True)
+
+
+def _group_keys(cells: pd.DataFrame) -> list[str]:
+    """method, seq_len, and every other parameter that varies across the cells (not seed or lr)."""
+    keys = ["method"]
+    for column in GROUP_CANDIDATES:
+        if column in cells and (column == "seq_len" or cells[column].nunique(dropna=True) > 1):
+            keys.append(column)
+    return keys
+
+
+def _fmt(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
+    values = pd.to_numeric(values, errors="coerce").dropna() * scale
+    if values.empty:
+        return "—"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f} (n=1)"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f} (n={len(values)})"
+
+
+def _pick_lr(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Rows of the lr with the best mean validation accuracy (all rows when there is no lr choice)."""
+    if "lr" not in group or group["lr"].nunique(dropna=True) <= 1:
+        return group, ""
+    ok = group[group["status"] == "ok"]
+    if ok.empty or "val_accuracy" not in ok:
+        return group, ""
+    best = ok.groupby("lr")["val_accuracy"].mean().idxmax()
+    return group[group["lr"] == best], f"{best:g}"
+
+
+def _paper_value(config: SweepConfig, method: str, seq_len) -> str:
+    for figure in config.paper:
+        if figure.get("method") == method and int(figure.get("seq_len", -1)) == int(seq_len) and figure.get("metric", "accuracy") == "accuracy":
+            return f"{float(figure['value']):.2f}"
+    return "—"
+
+
+def main_table(cells: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
+    """Accuracy (test, mean ± std over seeds), transfer accuracy, the paper's figure, status counts."""
+    keys = _group_keys(cells)
+    transfer = sorted((c for c in cells if c.startswith("transfer_accuracy_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    rows = []
+    for values, group in cells.groupby(keys, sort=True, dropna=False):
+        group, lr = _pick_lr(group)
+        ok = group[group["status"] == "ok"]
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        if lr:
+            row["lr (picked on val)"] = lr
+        row["accuracy"] = _accuracy_cell(group, ok, "accuracy")
+        for column in transfer:
+            row[f"acc@T={column.rsplit('_', 1)[1]}"] = _accuracy_cell(group, ok, column)
+        row[PAPER_COLUMN] = _paper_value(config, row["method"], row["seq_len"])
+        row["status"] = ", ".join(f"{s}:{n}" for s, n in group["status"].value_counts().sort_index().items())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _accuracy_cell(group: pd.DataFrame, ok: pd.DataFrame, column: str) -> str:
+    if ok.empty:
+        statuses = set(group["status"])
+        return "OOM" if statuses == {"oom"} else "/".join(sorted(s.upper() for s in statuses))
+    return _fmt(ok[column]) if column in ok else "—"
+
+
+def memory_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Peak training memory (saved-for-backward + held, MiB) and peak RSS growth per method x seq_len."""
+    keys = _group_keys(cells)
+    measured = cells[cells["status"].isin(("ok", "diverged", "timeout"))]
+    rows = []
+    for values, group in measured.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        row["peak MiB"] = _fmt(group.get("peak_bytes", pd.Series(dtype=float)), 1 / MiB, 2)
+        row["peak RSS MiB"] = _fmt(group.get("peak_rss_bytes", pd.Series(dtype=float)), 1 / MiB, 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def time_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per step and tokens/s, from cells run one at a time (concurrency 1) only."""
+    keys = _group_keys(cells)
+    alone = cells[(cells["status"] == "ok") & (cells.get("concurrency") == 1)]
+    rows = []
+    for values, group in alone.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        row["s/step"] = _fmt(group["seconds_per_step"], 1, 4)
+        row["tokens/s"] = _fmt(group["tokens_per_second"], 1, 0)
+        row["threads"] = ",".join(str(int(t)) for t in sorted(group["threads"].dropna().unique()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def contrast(cells: pd.DataFrame) -> list[str]:
+    """One line per seq_len: what SAB buys over BPTT in accuracy, memory and (clean) time."""
+    lines = []
+    ok = cells[cells["status"] == "ok"]
+    for seq_len, group in ok.groupby("seq_len"):
+        by = group.groupby("method")
+        if "sab" not in by.groups or "bptt" not in by.groups:
+            continue
+        sab, bptt = by.get_group("sab"), by.get_group("bptt")
+        text = f"T={int(seq_len)}: accuracy SAB {sab['accuracy'].mean():.3f} vs BPTT {bptt['accuracy'].mean():.3f}"
+        if "tbptt" in by.groups:
+            text += f" (TBPTT {by.get_group('tbptt')['accuracy'].mean():.3f})"
+        text += f"; peak memory SAB/BPTT = {sab['peak_bytes'].mean() / bptt['peak_bytes'].mean():.2f}"
+        sab_alone, bptt_alone = sab[sab["concurrency"] == 1], bptt[bptt["concurrency"] == 1]
+        if not sab_alone.empty and not bptt_alone.empty:
+            text += f"; s/step SAB/BPTT = {sab_alone['seconds_per_step'].mean() / bptt_alone['seconds_per_step'].mean():.2f}"
+        lines.append(text)
+    return lines
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_(no rows)_"
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(_cell_text(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _cell_text(value) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else (f"{int(value)}" if value.is_integer() else f"{value:g}")
+    return str(value)
+
+
+def plots(cells: pd.DataFrame, out: Path) -> list[Path]:
+    """Accuracy, peak memory and s/step against T, a line per method (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    ok = cells[cells["status"] == "ok"]
+    specs = [("accuracy", "accuracy", ok, 1.0), ("peak_memory", "peak_bytes", ok, 1 / MiB), ("seconds_per_step", "seconds_per_step", ok[ok["concurrency"] == 1], 1.0)]
+    for name, column, rows, scale in specs:
+        if rows.empty or column not in rows:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method, group in rows.groupby("method"):
+            series = group.groupby("seq_len")[column].agg(["mean", "std"]).sort_index() * scale
+            ax.errorbar(series.index, series["mean"], yerr=series["std"].fillna(0), marker="o", capsize=3, label=method)
+        ax.set_xlabel("T (seq_len)")
+        ax.set_ylabel({"accuracy": "test accuracy", "peak_memory": "peak training MiB", "seconds_per_step": "s / step (concurrency 1)"}[name])
+        if name != "accuracy":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_seconds: float | None = None) -> Path:
+    """Build the report of one sweep and budget into out_root/NAME/; returns the report path."""
+    out = out_root / config.name
+    out.mkdir(parents=True, exist_ok=True)
+    cells = load_cells(tracker, config.budget)
+    if cells.empty:
+        (out / "report.md").write_text(f"# {config.name} ({config.budget})\n\nNo runs recorded yet.\n")
+        return out / "report.md"
+    cells.to_csv(out / "cells.csv", index=False)
+    table = main_table(cells, config)
+    table.to_csv(out / "main_table.csv", index=False)
+    memory, timing = memory_table(cells), time_table(cells)
+    made = plots(cells, out)
+    statuses = cells["status"].value_counts().sort_index()
+    failures = cells[cells["status"].isin(FAILURE_STATUSES + ("oom", "diverged"))]
+    machine = cells["device_name"].dropna().unique().tolist()
+    lines = [
+        f"# {config.name} — budget `{config.budget}`",
+        "",
+        config.description,
+        "",
+        f"Cells: {len(cells)} ({', '.join(f'{s}: {n}' for s, n in statuses.items())}). "
+        f"Executors: {', '.join(sorted(cells['executor'].dropna().unique()))}. Devices: {', '.join(machine) or '—'}. "
+        f"git: {', '.join(sorted(cells['git_sha'].dropna().unique()))}.",
+    ]
+    if wall_seconds is not None:
+        lines.append(f"Wall time of the invocation that wrote this report: {wall_seconds / 60:.1f} min.")
+    summary = contrast(cells)
+    if summary:
+        lines += ["", "## What SAB buys over BPTT", "", *[f"- {s}" for s in summary]]
+    lines += [
+        "", "## Accuracy (test set, mean ± std over seeds)", "",
+        f"`{PAPER_COLUMN}`: the paper's figure as quoted by secondary sources (shared/research/paper_figures.md); '—' where none.",
+        "", _markdown(table),
+        "", "## Peak training memory", "",
+        "Peak of (bytes saved for backward + bytes the engine holds outside autograd) over one training step; "
+        "RSS: peak resident growth of the trial process over training.",
+        "", _markdown(memory),
+        "", "## Time (cells run one at a time only)", "",
+    ]  # fmt: skip
+    if timing.empty:
+        lines.append("_No concurrency-1 rows: these cells ran several at once, so their times are not comparable. "
+                     "Rerun with `--executor local` (one cell at a time) for clean times, or see `python -m benchmarks.cost`._")  # fmt: skip
+    else:
+        lines.append(_markdown(timing))
+    if not failures.empty:
+        lines += ["", "## Cells that did not finish ok", "", _markdown(failures[["name", "status", "error_type", "error"]].fillna(""))]
+    lines += ["", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in made], "", "Per-cell rows: `cells.csv`; main table: `main_table.csv`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: rebuild a sweep's report from the store."""
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description="Tables and plots of a sweep from its MLflow runs.")
+    parser.add_argument("sweep", help="sweep name (a file in sweeps/)")
+    parser.add_argument("--budget", default=DEFAULT_BUDGET, help="which budget's runs (default: quick)")
+    parser.add_argument("--results-dir", default="results", help="where the store and reports live")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the local store under results/)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_sweep(args.sweep, [f"budget={args.budget}"])
+        tracker = Tracker(config.name, Path(args.results_dir), args.tracking_uri)
+        tracker.open()
+    except SweepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    path = write_report(config, tracker, Path(args.results_dir))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

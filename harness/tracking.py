@@ -1,0 +1,193 @@
+"""MLflow, the record of truth: one writer (the driver), a parent run per invocation, a child per cell.
+
+Default store: `sqlite:///<abs>/results/mlflow.db`, artifacts under `<abs>/results/mlartifacts`,
+one experiment per sweep, the budget as a tag. Each cell is logged as soon as it finishes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sab.train import FAILURE_STATUSES, RESULT_STATUSES
+
+from harness.config import SweepError
+from harness.executors.base import Outcome
+
+HEALTH_TIMEOUT_S = 2.0
+FINAL_METRICS = (
+    "steps_done", "train_seconds", "seconds_per_step", "tokens_per_second", "peak_saved_bytes", "peak_held_bytes",
+    "peak_bytes", "peak_rss_bytes", "cuda_max_allocated_bytes", "cuda_max_reserved_bytes",
+)  # fmt: skip
+
+
+def default_uri(results_dir: Path) -> str:
+    """The project's local store under results/."""
+    return f"sqlite:///{results_dir.resolve() / 'mlflow.db'}"
+
+
+def git_sha() -> str:
+    """HEAD of the project's checkout (with -dirty when the tree has changes), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def check_reachable(uri: str) -> None:
+    """A ~2 s health check of a tracking server (not the client's long retries); local stores need a writable folder."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as response:
+                if response.status != 200:
+                    raise SweepError(f"tracking URI {uri!r} answered HTTP {response.status} on /health; expected 200 (is it an MLflow server?)")
+        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise SweepError(f"tracking URI {uri!r} is unreachable ({reason}); start the server or pass a reachable --tracking-uri") from None
+    elif parsed.scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise SweepError(f"tracking store folder {folder} is not writable")
+    elif parsed.scheme not in ("file", "databricks", "postgresql", "mysql", "mssql"):
+        raise SweepError(f"tracking URI {uri!r} has an unknown scheme {parsed.scheme!r}; valid: sqlite:///PATH, http(s)://HOST:PORT")
+
+
+class Tracker:
+    """The driver's MLflow writer for one sweep."""
+
+    def __init__(self, sweep: str, results_dir: Path, tracking_uri: str | None = None) -> None:
+        self.sweep = sweep
+        self.results_dir = results_dir.resolve()
+        self.uri = tracking_uri or default_uri(self.results_dir)
+        self.artifact_root = (self.results_dir / "mlartifacts").as_uri()
+        self._client = None
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+
+    @property
+    def client(self):
+        """The MLflow client bound to this store."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def open(self) -> str:
+        """Create the store and the sweep's experiment (driver first, before any trial starts)."""
+        check_reachable(self.uri)
+        experiment = self.client.get_experiment_by_name(self.sweep)
+        if experiment is None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                location = self.artifact_root + "/" + self.sweep if self.uri.startswith("sqlite") else None
+                self.experiment_id = self.client.create_experiment(self.sweep, artifact_location=location)
+            except MlflowException:  # created meanwhile by another invocation
+                self.experiment_id = self.client.get_experiment_by_name(self.sweep).experiment_id
+        else:
+            self.experiment_id = experiment.experiment_id
+        return self.experiment_id
+
+    def cell_runs(self, budget: str | None = None):
+        """Every active child run of the sweep (optionally one budget) as a pandas DataFrame."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        filters = ["tags.cell_id != ''"]
+        if budget:
+            filters.append(f"tags.budget = '{budget}'")
+        return mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string=" and ".join(filters), max_results=100000)
+
+    def cell_statuses(self, budget: str) -> dict[str, str]:
+        """cell_id -> its best recorded status: a result status if any run has one, else the latest failure."""
+        runs = self.cell_runs(budget)
+        statuses: dict[str, str] = {}
+        if runs.empty:
+            return statuses
+        for _, row in runs.sort_values("start_time").iterrows():
+            cell, status = row["tags.cell_id"], row.get("tags.status")
+            if statuses.get(cell) in RESULT_STATUSES:
+                continue
+            statuses[cell] = status
+        return statuses
+
+    def start_parent(self, budget: str, executor: str, n_cells: int, argv: list[str]) -> str:
+        """The invocation's parent run."""
+        from mlflow.entities import RunTag
+
+        tags = {
+            "sweep": self.sweep, "budget": budget, "executor": executor, "git_sha": git_sha(),
+            "n_cells": str(n_cells), "command": " ".join(argv)[:5000], "mlflow.runName": f"{self.sweep}__{budget}__{time.strftime('%Y%m%d-%H%M%S')}",
+            "host": socket.gethostname(),
+        }  # fmt: skip
+        run = self.client.create_run(self.experiment_id, tags=tags)
+        self.parent_id = run.info.run_id
+        self.client.log_batch(self.parent_id, tags=[RunTag("kind", "invocation")])
+        return self.parent_id
+
+    def end_parent(self, failed: bool, killed: bool = False) -> None:
+        """Close the parent run: KILLED when interrupted, FAILED if any cell failed, else FINISHED."""
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status="KILLED" if killed else ("FAILED" if failed else "FINISHED"))
+
+    def log_outcome(self, outcome: Outcome) -> str:
+        """One child run for a finished cell: params, metrics, learning curve, tags, status."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        import torch
+
+        cell, result = outcome.cell, outcome.result
+        tags = {
+            "mlflow.runName": cell.name, "cell_id": cell.cell_id, "sweep": self.sweep, "budget": cell.budget,
+            "status": result.status, "git_sha": git_sha(), "torch_version": result.torch_version or torch.__version__,
+            "device": result.device, "device_name": result.device_name, "executor": outcome.executor,
+            "concurrency": str(outcome.concurrency), "threads": str(outcome.threads), "error_type": result.error_type,
+            "python": sys.version.split()[0], "location": outcome.location,
+        }  # fmt: skip
+        if self.parent_id:
+            tags["mlflow.parentRunId"] = self.parent_id
+        if result.error:
+            tags["error"] = result.error[:4000]
+        if result.traceback:
+            tags["traceback"] = result.traceback[-4000:]
+        run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, result.steps_done) for k, v in result.metrics.items() if _finite(v)]
+        metrics += [Metric(k, float(getattr(result, k)), now, result.steps_done) for k in FINAL_METRICS if _finite(getattr(result, k))]
+        metrics.append(Metric("wall_seconds", float(outcome.wall_seconds), now, result.steps_done))
+        for point in result.curve:
+            step = int(point["step"])
+            metrics += [Metric(f"curve_{k}", float(v), now, step) for k, v in point.items() if k != "step" and _finite(v)]
+        params = [Param(k, str(v)) for k, v in cell.params().items()]
+        for start in range(0, len(params), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
+            self.client.log_batch(run_id, params=params[start : start + 100])
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        self.client.set_terminated(run_id, status="FAILED" if result.status in FAILURE_STATUSES else "FINISHED")
+        return run_id
+
+    def log_artifacts(self, folder: Path) -> None:
+        """Attach the report's files to the parent run."""
+        if self.parent_id and folder.exists():
+            self.client.log_artifacts(self.parent_id, str(folder))
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

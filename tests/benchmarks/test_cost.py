@@ -1,0 +1,63 @@
+"""The cost benchmark shows what DESIGN promises: SAB's memory does not grow with the graph."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from benchmarks.cost import COLUMNS, CostConfig, main, predicted_bytes
+
+B, H, A, K_TRUNC, K_ATT, K_TOP, CLASSES, F = 32, 128, 128, 10, 10, 5, 10, 4
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cost") / "cost.csv"
+    main(["--lengths", "100", "300", "1000", "--methods", "bptt", "bptt_cell", "tbptt", "sab_reference", "sab",
+          "--repeats", "0", "--out", str(out)])  # fmt: skip
+    with open(out) as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == COLUMNS
+        return {(r["method"], int(r["seq_len"])): r for r in reader}
+
+
+def _peak(rows, method, T):
+    return int(rows[(method, T)]["peak_bytes"])
+
+
+def design_slope() -> float:
+    """Bytes per step DESIGN's formula gives sab: bank + key cache + G per memory, two boundary
+    states per segment, k_top+1 int32 picks per step, plus the logits it returns (O per step)."""
+    return B * F * ((H + A + H) / K_ATT + 2 * H / K_TRUNC + (K_TOP + 1) + CLASSES)
+
+
+def test_sab_memory_at_1000_is_a_small_fraction_of_bptt(rows):
+    assert all(rows[k]["status"] == "ok" for k in rows)
+    assert _peak(rows, "sab", 1000) <= 0.10 * _peak(rows, "bptt", 1000)
+    assert _peak(rows, "sab", 1000) <= 0.20 * _peak(rows, "bptt_cell", 1000)
+
+
+def test_sab_segment_graph_does_not_grow_and_total_follows_the_formula(rows):
+    assert rows[("sab", 100)]["peak_saved_bytes"] == rows[("sab", 1000)]["peak_saved_bytes"]
+    slope = (_peak(rows, "sab", 1000) - _peak(rows, "sab", 100)) / 900
+    assert 0.8 * design_slope() <= slope <= 1.2 * design_slope(), (slope, design_slope())
+
+
+def test_tbptt_is_flat_and_reference_is_superlinear(rows):
+    assert _peak(rows, "tbptt", 1000) == pytest.approx(_peak(rows, "tbptt", 100), rel=0.05)
+    ref = [_peak(rows, "sab_reference", T) for T in (100, 300, 1000)]
+    assert ref[1] / ref[0] > 3.3 and ref[2] / ref[1] > 1000 / 300 * 1.5  # growth well above linear
+
+
+def test_rss_agrees_in_direction(rows):
+    rss = {k: int(v["peak_rss_bytes"]) for k, v in rows.items()}
+    assert rss[("sab", 1000)] < rss[("bptt", 1000)]
+    assert rss[("sab", 1000)] < rss[("bptt_cell", 1000)]
+    assert rss[("sab_reference", 1000)] > rss[("sab_reference", 300)] > rss[("sab_reference", 100)]
+    assert rss[("bptt", 1000)] > rss[("bptt", 100)]
+
+
+def test_skips_what_cannot_fit():
+    huge = CostConfig("self_attention", 100_000)
+    assert predicted_bytes(huge) > 1 << 40
+    assert predicted_bytes(CostConfig("sab", 1000)) < predicted_bytes(CostConfig("bptt", 1000))

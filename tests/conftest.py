@@ -1,0 +1,26 @@
+"""Shared helpers: run the real entry points in subprocesses, in fresh temp folders."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m ...args` from cwd with the project importable; capture its output."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def fresh_dir(tmp_path: Path) -> Path:
+    """An empty working folder, as on a fresh machine."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder

@@ -1,0 +1,60 @@
+"""Grid expansion is deterministic; cell ids are content-addressed as DESIGN says."""
+from __future__ import annotations
+
+import dataclasses
+
+import harness.cells as cells_module
+from harness.cells import Cell, cell_id, expand
+from harness.config import load_sweep
+from sab.train import TrialSpec
+
+
+def test_expansion_is_deterministic_and_deduplicated():
+    config = load_sweep("copy_lengths", ["budget=quick", "grid.seed=[0,1]"])
+    first = [c.cell_id for c in expand(config)]
+    second = [c.cell_id for c in expand(load_sweep("copy_lengths", ["budget=quick", "grid.seed=[0,1]"]))]
+    assert first == second
+    assert len(first) == len(set(first)) == 4 * 3 * 2
+
+
+def test_id_ignores_what_the_method_ignores_and_execution_details():
+    base = TrialSpec(method="bptt", seq_len=10)
+    assert cell_id(base, "quick") == cell_id(dataclasses.replace(base, k_top=9, k_att=2, k_trunc=3), "quick")
+    assert cell_id(base, "quick") == cell_id(dataclasses.replace(base, threads=4, weights_path="/x"), "quick")
+    sab = TrialSpec(method="sab", seq_len=10)
+    assert cell_id(sab, "quick") != cell_id(dataclasses.replace(sab, k_top=9), "quick")
+    tbptt = TrialSpec(method="tbptt", seq_len=10)
+    assert cell_id(tbptt, "quick") != cell_id(dataclasses.replace(tbptt, k_trunc=9), "quick")
+    assert cell_id(tbptt, "quick") == cell_id(dataclasses.replace(tbptt, k_top=9), "quick")
+
+
+def test_id_changes_with_budget_task_and_method_version(monkeypatch):
+    spec = TrialSpec(method="sab", seq_len=10)
+    ids = {cell_id(spec, "quick"), cell_id(spec, "paper"), cell_id(dataclasses.replace(spec, task="adding"), "quick")}
+    assert len(ids) == 3
+    before = cell_id(spec, "quick")
+    monkeypatch.setattr(cells_module, "METHOD_VERSION", cells_module.METHOD_VERSION + 1)
+    assert cell_id(spec, "quick") != before
+
+
+def test_id_does_not_hold_the_git_sha():
+    assert "git" not in str(cells_module.identity(TrialSpec(), "quick"))
+
+
+def test_union_and_exclude():
+    config = load_sweep("copy_lengths", ["budget=smoke"])
+    config = dataclasses.replace(
+        config,
+        union=[{"method": ["sab"], "k_top": [1, 2]}],
+        exclude=[{"method": "self_attention"}],
+    )
+    names = [c.name for c in expand(config)]
+    assert not any(n.startswith("self_attention") for n in names)
+    assert sum(n.startswith("sab__") for n in names) == 3  # k_top 3 (main grid), 1 and 2 (union)
+
+
+def test_names_carry_the_grid_point():
+    cell = Cell("s", "quick", TrialSpec(method="sab", seq_len=30, seed=2, k_top=3), axes=("method", "seq_len", "k_top", "seed"))
+    assert cell.name == "sab__seq_len=30__k_top=3__seed=2"
+    plain = Cell("s", "quick", TrialSpec(method="bptt", seq_len=30, seed=2), axes=("method", "seq_len", "k_top", "seed"))
+    assert plain.name == "bptt__seq_len=30__seed=2"

@@ -1,0 +1,91 @@
+"""The main command end to end with the real Ray, MLflow (SQLite) and Hydra, in a fresh folder."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tests.conftest import cli
+
+
+def _children(folder: Path) -> pd.DataFrame:
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'results' / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["copy_lengths"], filter_string="tags.cell_id != ''")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[Path, object]:
+    folder = tmp_path_factory.mktemp("fresh")
+    out = cli(["harness.sweep", "copy_lengths", "budget=smoke"], folder)
+    return folder, out
+
+
+def test_smoke_sweep_exits_0_and_logs_a_child_run_per_cell(smoke):
+    folder, out = smoke
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = _children(folder)
+    assert len(runs) == 4
+    assert set(runs["tags.status"]) == {"ok"}
+    assert set(runs["tags.executor"]) == {"ray"}
+    assert runs["tags.mlflow.parentRunId"].nunique() == 1
+    for column in ("metrics.accuracy", "metrics.val_accuracy", "metrics.peak_bytes", "metrics.seconds_per_step", "metrics.transfer_accuracy_20"):
+        assert runs[column].notna().all(), column
+    assert set(runs["params.method"]) == {"bptt", "tbptt", "self_attention", "sab"}
+    client = mlflow.tracking.MlflowClient()
+    history = client.get_metric_history(runs["run_id"].iloc[0], "curve_val_accuracy")
+    assert [m.step for m in history] == [10, 20]
+    assert re.search(r"\[4/4\] ok", out.stdout)
+
+
+def test_report_main_table_matches_the_runs(smoke):
+    folder, _ = smoke
+    report = folder / "results" / "copy_lengths"
+    for name in ("report.md", "cells.csv", "main_table.csv", "accuracy.png", "peak_memory.png"):
+        assert (report / name).exists(), name
+    table = pd.read_csv(report / "main_table.csv")
+    runs = _children(folder)
+    want = runs.groupby(["params.method", "params.seq_len"])["metrics.accuracy"].mean()
+    assert len(table) == len(want)
+    for row in table.itertuples():
+        shown = float(str(row.accuracy).split(" ")[0])
+        assert shown == pytest.approx(want[(row.method, str(row.seq_len))], abs=5e-4)
+    assert "paper (as quoted)" in table.columns
+    # the same files are artifacts of the parent run
+    parent = runs["tags.mlflow.parentRunId"].iloc[0]
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(parent)}
+    assert {"report.md", "cells.csv", "main_table.csv"} <= artifacts
+
+
+def test_identical_rerun_runs_nothing_and_a_deleted_cell_is_the_only_rerun(smoke):
+    folder, _ = smoke
+    again = cli(["harness.sweep", "copy_lengths", "budget=smoke"], folder)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "4 cells, 4 done, 0 to run" in again.stdout
+    assert len(_children(folder)) == 4
+
+    runs = _children(folder)
+    victim = runs[runs["params.method"] == "tbptt"].iloc[0]
+    mlflow.tracking.MlflowClient().delete_run(victim["run_id"])
+    dry = cli(["harness.sweep", "copy_lengths", "budget=smoke", "--dry-run"], folder)
+    assert dry.returncode == 0
+    assert re.search(rf"missing\s+{victim['tags.cell_id']}", dry.stdout)
+    assert dry.stdout.count("done ") == 3
+
+    rerun = cli(["harness.sweep", "copy_lengths", "budget=smoke", "--executor", "local"], folder)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "4 cells, 3 done, 1 to run" in rerun.stdout
+    after = _children(folder)
+    assert len(after) == 4
+    fresh = after[~after["run_id"].isin(runs["run_id"])]
+    assert list(fresh["tags.cell_id"]) == [victim["tags.cell_id"]]
+    assert list(fresh["tags.executor"]) == ["local"]
+
+
+def test_unknown_sweep_from_the_command_line(fresh_dir):
+    out = cli(["harness.sweep", "no_such_sweep"], fresh_dir, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: unknown sweep 'no_such_sweep'; valid: ")
+    assert not (fresh_dir / "results").exists()  # nothing was started or created
