@@ -124,6 +124,17 @@ class _Collector:
             self.sink.put(self.make(cell, failure, 0.0))
 
 
+def _use_cluster_token() -> None:
+    """Ray >= 2.59 clusters started with `ray start` want a token, while a client connecting by
+    address defaults to no auth. When a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token), send it."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 class RayExecutor:
     """Cells as Ray Tune trials with `tune.with_resources`; results yielded as trials finish."""
 
@@ -144,6 +155,8 @@ class RayExecutor:
         self.on_report = on_report
         self.concurrency = 1
         self.cluster_address = ""
+        if address is not None:
+            _use_cluster_token()  # Ray reads RAY_AUTH_MODE when it is imported: before any import of ray
 
     def check(self, cells: list[Cell]) -> None:
         """Before Ray starts: the request against this machine (local) ; after connecting: against the cluster."""
@@ -165,7 +178,17 @@ class RayExecutor:
             if self.address is None:
                 ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning", log_to_driver=False)
             else:
-                ray.init(address=self.address, logging_level="warning", log_to_driver=False)
+                try:
+                    ray.init(address=self.address, logging_level="warning", log_to_driver=False)
+                except ConnectionError as error:
+                    raise SweepError(f"cannot reach the Ray cluster at {self.address!r}: {str(error).splitlines()[0]}") from None
+                except Exception as error:
+                    if "Authentication" in type(error).__name__ or "InvalidAuthToken" in str(error):
+                        raise SweepError(
+                            f"the Ray cluster at {self.address!r} wants its auth token: copy it to ~/.ray/auth_token "
+                            "(or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) and set RAY_AUTH_MODE=token"
+                        ) from None
+                    raise
         self.cluster_address = ray.get_runtime_context().gcs_address
         available = ray.cluster_resources()
         need_cpu, need_gpu = self.resources.cpus_per_trial, self.resources.gpus_per_trial

@@ -1,0 +1,55 @@
+"""A Ray cluster already running on the machine: the default executor never joins it; --address does."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import cli
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head in its own process group, stopped by signalling that group (never `ray stop`)."""
+    temp = tmp_path_factory.mktemp("rayhead")
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--port=0", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output, _ = head.communicate(timeout=120)
+    assert head.returncode == 0, output
+    address = (temp / "ray_current_cluster").read_text().strip()
+    yield address
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(3)
+
+
+def _locations(folder: Path) -> set[str]:
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'results' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["copy_lengths"], filter_string="tags.cell_id != ''")
+    return set(runs["tags.location"])
+
+
+def test_default_executor_does_not_join_a_running_cluster(ray_head, fresh_dir):
+    out = cli(["harness.sweep", "copy_lengths", "budget=smoke", "grid.method=[sab]"], fresh_dir, env={"RAY_ADDRESS": ray_head})
+    assert out.returncode == 0, out.stderr[-3000:]
+    locations = _locations(fresh_dir)
+    assert len(locations) == 1 and ray_head not in next(iter(locations))
+
+
+def test_address_runs_the_trials_on_that_cluster(ray_head, fresh_dir):
+    out = cli(["harness.sweep", "copy_lengths", "budget=smoke", "grid.method=[sab,bptt]", "--address", ray_head], fresh_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _locations(fresh_dir) == {f"ray://{ray_head}"}
