@@ -67,14 +67,28 @@ class LSTMModel(_Recurrent):
 
 @dataclass
 class FirstPass:
-    """What the no-grad forward leaves behind: logits at the scored positions and the engine's records."""
+    """What the no-grad forward leaves behind: logits at the scored positions and the engine's records.
+
+    Memories and their keys share one slot-major store (n_mem, B, H + A): writing a memory is
+    one contiguous row, and pass 2 reads a memory with its key in a single gather.
+    """
 
     logits: Tensor  # (B, n_positions, O): readout of [h_t ; s_t] at the scored positions
-    bank: Tensor  # (B, n_mem, H): memories in write order
-    keys: Tensor  # (B, n_mem, A): W_m m of each memory, cached at write time
+    store: Tensor  # (n_mem, B, H + A): [m ; W_m m] of each memory, in write order
+    hidden_size: int
     starts: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (h, c) entering each k_trunc segment
     picks: Tensor | None = None  # (L, B, k_top+1) int32: the pass-1 selection of every step with |M| > k_top
     attention: Tensor | None = None  # (B, L, n_mem): the weights of every step, on request
+
+    @property
+    def bank(self) -> Tensor:
+        """The memories (n_mem, B, H)."""
+        return self.store[..., : self.hidden_size]
+
+    @property
+    def keys(self) -> Tensor:
+        """Their keys W_m m (n_mem, B, A), cached at write time."""
+        return self.store[..., self.hidden_size :]
 
 
 class SABLSTM(_Recurrent):
@@ -132,32 +146,35 @@ class SABLSTM(_Recurrent):
         H, k_top, k_att = self.hidden_size, self.k_top, self.k_att
         n_mem = self.n_memories(L)
         scored = _scored_steps(L, positions)
-        bank = x.new_zeros(B, n_mem, H)
-        keys = x.new_zeros(B, n_mem, self.attn_size)
-        picks = torch.zeros(L, B, k_top + 1, dtype=torch.int32) if keep_picks and k_top is not None else None
+        store = x.new_zeros(n_mem, B, H + self.attn_size)
+        bank, keys = store[..., :H], store[..., H:]
+        buffer = x.new_empty(n_mem, B, self.attn_size)  # scoring works in place here, step after step
+        batch = torch.arange(B, device=x.device).unsqueeze(1)
+        picks = torch.zeros(L, B, k_top + 1, dtype=torch.int32, device=x.device) if keep_picks and k_top is not None else None
         attention = x.new_zeros(B, L, n_mem) if record_attention else None
         starts: list[tuple[Tensor, Tensor]] = []
-        features: list[Tensor] = []
+        states: list[Tensor] = []
+        summaries: list[Tensor] = []
         logits: list[Tensor] = []
         h, c = self.zero_state(x)
         zero_summary = h
         for t in range(L):
             if t % _BLOCK == 0:
-                gates_x = self.input_gates(x[:, t : t + _BLOCK])
-                if features:
-                    logits.append(self.readout(torch.stack(features, dim=1)))
-                    features = []
+                gates_x = self.input_gates(x[:, t : t + _BLOCK]).unbind(1)
+                if states:
+                    logits.append(self.read_out(states, summaries))
+                    states, summaries = [], []
             if k_trunc is not None and t % k_trunc == 0:
                 starts.append((h, c))
-            provisional, c = lstm_step(gates_x[:, t % _BLOCK], h, c, self.w_hh)
+            provisional, c = lstm_step(gates_x[t % _BLOCK], h, c, self.w_hh)
             n = t // k_att
             if n == 0:
                 summary = zero_summary
             else:
-                scores = self.scorer(provisional, keys[:, :n])
+                scores = self.scorer.slot_major_scores(provisional, keys[:n], buffer[:n])
                 if k_top is None or n <= k_top:
                     weights = torch.softmax(scores, dim=1)
-                    summary = torch.bmm(weights.unsqueeze(1), bank[:, :n]).squeeze(1)
+                    summary = torch.bmm(weights.unsqueeze(1), bank[:n].transpose(0, 1)).squeeze(1)
                     if attention is not None:
                         attention[:, t, :n] = weights
                 else:
@@ -165,20 +182,24 @@ class SABLSTM(_Recurrent):
                     if picks is not None:
                         picks[t] = top
                     weights = sparse_weights(scores.gather(1, top))
-                    rows = bank.gather(1, top[:, :k_top, None].expand(-1, -1, H))
-                    summary = torch.bmm(weights.unsqueeze(1), rows).squeeze(1)
+                    summary = torch.bmm(weights.unsqueeze(1), bank[top[:, :k_top], batch]).squeeze(1)
                     if attention is not None:
                         attention[:, t].scatter_(1, top[:, :k_top], weights)
             h = provisional + summary
             if scored[t]:
-                features.append(torch.cat([h, summary], dim=1))
+                states.append(h)
+                summaries.append(summary)
             if (t + 1) % k_att == 0:
                 slot = (t + 1) // k_att - 1
-                bank[:, slot] = h
-                keys[:, slot] = self.scorer.keys(h)
-        if features:
-            logits.append(self.readout(torch.stack(features, dim=1)))
-        return FirstPass(torch.cat(logits, dim=1), bank, keys, starts, picks, attention)
+                bank[slot] = h
+                keys[slot] = self.scorer.keys(h)
+        if states:
+            logits.append(self.read_out(states, summaries))
+        return FirstPass(torch.cat(logits, dim=1), store, H, starts, picks, attention)
+
+    def read_out(self, states: list[Tensor], summaries: list[Tensor]) -> Tensor:
+        """Logits (B, n, O) of [h_t ; s_t] for n steps at once (one concatenation, one matmul)."""
+        return self.readout(torch.cat([torch.stack(states, dim=1), torch.stack(summaries, dim=1)], dim=2))
 
 
 _BLOCK = 64
