@@ -35,9 +35,17 @@ def canonical(spec: TrialSpec) -> TrialSpec:
 
 
 def identity(spec: TrialSpec, budget: str) -> dict[str, Any]:
-    """What makes two cells the same experiment."""
-    values = {k: v for k, v in dataclasses.asdict(canonical(spec)).items() if k not in EXECUTION_DETAILS}
-    values["transfer_lengths"] = list(values["transfer_lengths"])
+    """What makes two cells the same experiment.
+
+    Only fields that differ from their defaults enter, so adding a new TrialSpec field (with a
+    default that keeps old behaviour) leaves every existing cell id unchanged; changing what a
+    default means is a METHOD_VERSION bump.
+    """
+    values = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in dataclasses.asdict(canonical(spec)).items()
+        if k not in EXECUTION_DETAILS and v != getattr(_DEFAULTS, k)
+    }
     return {"spec": values, "budget": budget, "method_version": METHOD_VERSION, "schema_version": SCHEMA_VERSION}
 
 
