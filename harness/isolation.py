@@ -14,13 +14,10 @@ from collections.abc import Callable
 
 from sab.train import TrialResult, TrialSpec, run_trial
 
-GRACE_S = 60.0
-"""Seconds past the time cap before the child is killed (it normally stops itself at the cap)."""
-
-
 def hard_limit_s(spec: TrialSpec) -> float | None:
-    """When to kill a trial that does not stop by itself: 1.5 x its time cap plus a grace period."""
-    return None if spec.time_limit_s is None else 1.5 * spec.time_limit_s + GRACE_S
+    """When to kill a trial that does not stop itself at its time cap (it normally does, between
+    steps): the cap plus half of it, at least 10 s more (for start-up and the final evaluation)."""
+    return None if spec.time_limit_s is None else spec.time_limit_s + max(10.0, 0.5 * spec.time_limit_s)
 
 
 def _address_space_bytes() -> int:
@@ -31,9 +28,20 @@ def _address_space_bytes() -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, so a killed driver or worker leaves no orphan trial."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(spec: TrialSpec, mem_gb: float | None, conn) -> None:
     """Child side: cap the address space at what it uses now plus mem_gb, run, send the result."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent()
     if mem_gb is not None:
         limit = _address_space_bytes() + int(mem_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

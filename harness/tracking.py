@@ -5,11 +5,13 @@ one experiment per sweep, the budget as a tag. Each cell is logged as soon as it
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +22,10 @@ from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
 from harness.config import SweepError
 from harness.executors.base import Outcome
+from harness.liveness import holder_alive, this_driver
+
+RUNNING = "running"
+"""The status tag of a claimed cell whose trial has not reported yet."""
 
 HEALTH_TIMEOUT_S = 2.0
 FINAL_METRICS = (
@@ -66,7 +72,12 @@ def check_reachable(uri: str) -> None:
 
 
 class Tracker:
-    """The driver's MLflow writer for one sweep."""
+    """The driver's MLflow writer for one sweep.
+
+    Writes to a local store are serialised by a file lock beside it, and a cell is claimed (a
+    child run created RUNNING, naming its driver) before it runs: two invocations of one sweep
+    at once run each cell once, and claims of a driver that died are marked KILLED and rerun.
+    """
 
     def __init__(self, sweep: str, results_dir: Path, tracking_uri: str | None = None) -> None:
         self.sweep = sweep
@@ -86,20 +97,26 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
+    def lock(self):
+        """An inter-process lock for writes to a local store (none needed for a tracking server)."""
+        if not self.uri.startswith("sqlite:///"):
+            return contextlib.nullcontext()
+        from filelock import FileLock
+
+        folder = Path(self.uri[len("sqlite:///"):]).parent / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / "mlflow.lock"), timeout=600)
+
     def open(self) -> str:
         """Create the store and the sweep's experiment (driver first, before any trial starts)."""
         check_reachable(self.uri)
-        experiment = self.client.get_experiment_by_name(self.sweep)
-        if experiment is None:
-            from mlflow.exceptions import MlflowException
-
-            try:
+        with self.lock():
+            experiment = self.client.get_experiment_by_name(self.sweep)
+            if experiment is None:
                 location = self.artifact_root + "/" + self.sweep if self.uri.startswith("sqlite") else None
                 self.experiment_id = self.client.create_experiment(self.sweep, artifact_location=location)
-            except MlflowException:  # created meanwhile by another invocation
-                self.experiment_id = self.client.get_experiment_by_name(self.sweep).experiment_id
-        else:
-            self.experiment_id = experiment.experiment_id
+            else:
+                self.experiment_id = experiment.experiment_id
         return self.experiment_id
 
     def cell_runs(self, budget: str | None = None):
@@ -113,58 +130,106 @@ class Tracker:
         return mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string=" and ".join(filters), max_results=100000)
 
     def cell_statuses(self, budget: str) -> dict[str, str]:
-        """cell_id -> its best recorded status: a result status if any run has one, else the latest failure."""
+        """cell_id -> a result status if any run has one, else `running` (a live driver holds it),
+        else the latest failure (error, timeout, killed)."""
         runs = self.cell_runs(budget)
         statuses: dict[str, str] = {}
-        if runs.empty:
-            return statuses
-        for _, row in runs.sort_values("start_time").iterrows():
+        for _, row in runs.sort_values("start_time").iterrows() if not runs.empty else ():
             cell, status = row["tags.cell_id"], row.get("tags.status")
             if statuses.get(cell) in RESULT_STATUSES:
+                continue
+            if status == RUNNING and not holder_alive(_tags(row)):
+                status = "killed"
+            if statuses.get(cell) == RUNNING and status not in RESULT_STATUSES:
                 continue
             statuses[cell] = status
         return statuses
 
-    def start_parent(self, budget: str, executor: str, n_cells: int, argv: list[str]) -> str:
+    def start_parent(self, budget: str, executor: str, argv: list[str]) -> str:
         """The invocation's parent run."""
-        from mlflow.entities import RunTag
-
         tags = {
-            "sweep": self.sweep, "budget": budget, "executor": executor, "git_sha": git_sha(),
-            "n_cells": str(n_cells), "command": " ".join(argv)[:5000], "mlflow.runName": f"{self.sweep}__{budget}__{time.strftime('%Y%m%d-%H%M%S')}",
-            "host": socket.gethostname(),
+            "sweep": self.sweep, "budget": budget, "executor": executor, "git_sha": git_sha(), "kind": "invocation",
+            "command": " ".join(argv)[:5000], "mlflow.runName": f"{self.sweep}__{budget}__{time.strftime('%Y%m%d-%H%M%S')}",
+            **this_driver(),
         }  # fmt: skip
-        run = self.client.create_run(self.experiment_id, tags=tags)
-        self.parent_id = run.info.run_id
-        self.client.log_batch(self.parent_id, tags=[RunTag("kind", "invocation")])
+        with self.lock():
+            self.parent_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         return self.parent_id
+
+    def claim(self, cells: list, budget: str) -> tuple[list[tuple], int]:
+        """Claim every cell without a result that no live driver holds: [(cell, run_id)], and how many live drivers hold."""
+        with self.lock():
+            self._reap(budget)
+            statuses = self.cell_statuses(budget)
+            claimed, held = [], 0
+            for cell in cells:
+                status = statuses.get(cell.cell_id)
+                if status in RESULT_STATUSES:
+                    continue
+                if status == RUNNING:
+                    held += 1
+                    continue
+                tags = {"mlflow.runName": cell.name, "cell_id": cell.cell_id, "sweep": self.sweep, "budget": budget,
+                        "status": RUNNING, "mlflow.parentRunId": self.parent_id or "", **this_driver()}  # fmt: skip
+                claimed.append((cell, self.client.create_run(self.experiment_id, tags=tags).info.run_id))
+        return claimed, held
+
+    def _reap(self, budget: str) -> None:
+        """Mark KILLED the runs (cells and invocations) left RUNNING by drivers that died."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        runs = mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=100000)
+        for _, row in runs.iterrows() if not runs.empty else ():
+            if not holder_alive(_tags(row)):
+                if row.get("tags.cell_id"):
+                    self.client.set_tag(row["run_id"], "status", "killed")
+                    self.client.set_tag(row["run_id"], "error", "its driver died before the cell finished")
+                self.client.set_terminated(row["run_id"], status="KILLED")
+
+    def hand_to_slurm(self, run_id: str, job_id: str, folder: str) -> None:
+        """The claim is now held by a Slurm job (it outlives this driver; a rerun collects it)."""
+        with self.lock():
+            for key, value in (("held_by", "slurm"), ("slurm_job_id", job_id), ("slurm_folder", folder)):
+                self.client.set_tag(run_id, key, value)
+
+    def slurm_claims(self, budget: str) -> list[dict]:
+        """Claims held by Slurm jobs and not yet collected: run id, cell id, job id, folder."""
+        runs = self.cell_runs(budget)
+        if runs.empty or "tags.held_by" not in runs:
+            return []
+        held = runs[(runs["status"] == "RUNNING") & (runs["tags.held_by"] == "slurm")]
+        return [{"run_id": r["run_id"], "cell_id": r["tags.cell_id"], "job_id": r["tags.slurm_job_id"], "folder": r["tags.slurm_folder"]} for _, r in held.iterrows()]
+
+    def release(self, run_ids: list[str]) -> None:
+        """Mark this driver's unfinished claims KILLED (Ctrl-C), so a rerun runs them."""
+        with self.lock():
+            for run_id in run_ids:
+                self.client.set_tag(run_id, "status", "killed")
+                self.client.set_tag(run_id, "error", "interrupted (Ctrl-C) before the cell finished")
+                self.client.set_terminated(run_id, status="KILLED")
 
     def end_parent(self, failed: bool, killed: bool = False) -> None:
         """Close the parent run: KILLED when interrupted, FAILED if any cell failed, else FINISHED."""
         if self.parent_id:
-            self.client.set_terminated(self.parent_id, status="KILLED" if killed else ("FAILED" if failed else "FINISHED"))
+            with self.lock():
+                self.client.set_terminated(self.parent_id, status="KILLED" if killed else ("FAILED" if failed else "FINISHED"))
 
-    def log_outcome(self, outcome: Outcome) -> str:
-        """One child run for a finished cell: params, metrics, learning curve, tags, status."""
+    def log_outcome(self, outcome: Outcome, run_id: str) -> str:
+        """Fill a claimed child run with a finished cell: params, metrics, learning curve, tags, status."""
         from mlflow.entities import Metric, Param, RunTag
-
-        import torch
 
         cell, result = outcome.cell, outcome.result
         tags = {
-            "mlflow.runName": cell.name, "cell_id": cell.cell_id, "sweep": self.sweep, "budget": cell.budget,
-            "status": result.status, "git_sha": git_sha(), "torch_version": result.torch_version or torch.__version__,
-            "device": result.device, "device_name": result.device_name, "executor": outcome.executor,
-            "concurrency": str(outcome.concurrency), "threads": str(outcome.threads), "error_type": result.error_type,
-            "python": sys.version.split()[0], "location": outcome.location,
+            "status": result.status, "git_sha": git_sha(), "torch_version": result.torch_version, "device": result.device,
+            "device_name": result.device_name, "executor": outcome.executor, "concurrency": str(outcome.concurrency),
+            "threads": str(outcome.threads), "error_type": result.error_type, "python": sys.version.split()[0],
+            "location": outcome.location,
         }  # fmt: skip
-        if self.parent_id:
-            tags["mlflow.parentRunId"] = self.parent_id
         if result.error:
             tags["error"] = result.error[:4000]
         if result.traceback:
             tags["traceback"] = result.traceback[-4000:]
-        run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, result.steps_done) for k, v in result.metrics.items() if _finite(v)]
         metrics += [Metric(k, float(getattr(result, k)), now, result.steps_done) for k in FINAL_METRICS if _finite(getattr(result, k))]
@@ -173,17 +238,44 @@ class Tracker:
             step = int(point["step"])
             metrics += [Metric(f"curve_{k}", float(v), now, step) for k, v in point.items() if k != "step" and _finite(v)]
         params = [Param(k, str(v)) for k, v in cell.params().items()]
-        for start in range(0, len(params), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
-            self.client.log_batch(run_id, params=params[start : start + 100])
-        for start in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        self.client.set_terminated(run_id, status="FAILED" if result.status in FAILURE_STATUSES else "FINISHED")
+        with self.lock():
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                return run_id  # already logged (e.g. collected by another invocation): log each cell once
+            for start in range(0, len(params), 100):  # MLflow's per-call limits: 100 params, 1000 metrics, 100 tags
+                self.client.log_batch(run_id, params=params[start : start + 100])
+            for start in range(0, len(metrics), 1000):
+                self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            if result.attention:
+                with tempfile.TemporaryDirectory() as folder:
+                    self.client.log_artifact(run_id, str(attention_png(outcome, Path(folder))))
+            self.client.set_terminated(run_id, status="FAILED" if result.status in FAILURE_STATUSES else "FINISHED")
         return run_id
 
     def log_artifacts(self, folder: Path) -> None:
         """Attach the report's files to the parent run."""
         if self.parent_id and folder.exists():
-            self.client.log_artifacts(self.parent_id, str(folder))
+            with self.lock():
+                self.client.log_artifacts(self.parent_id, str(folder))
+
+
+def attention_png(outcome: Outcome, folder: Path) -> Path:
+    """The cell's attention map (one test sequence) as attention.png; copy cells mark recall and symbol slots."""
+    from harness.figures import attention_heatmap
+
+    spec = outcome.cell.spec
+    recall, slots = 0, None
+    if spec.task == "copy":
+        from sab.tasks.copy import N_SYMBOLS, CopyTask
+
+        recall, slots = N_SYMBOLS, CopyTask(spec.seq_len).symbol_slots(spec.k_att if spec.method == "sab" else 1)
+    share = outcome.result.metrics.get("attention_share")
+    title = f"{outcome.cell.name}" + (f" — {share:.0%} of recall attention on the symbols' memories" if share is not None else "")
+    return attention_heatmap(outcome.result.attention, folder / "attention.png", title, recall, slots)
+
+
+def _tags(row) -> dict:
+    return {k[len("tags."):]: v for k, v in row.items() if isinstance(k, str) and k.startswith("tags.") and isinstance(v, str)}
 
 
 def _finite(value) -> bool:

@@ -1,14 +1,13 @@
 """The timing executor: one cell at a time, each in a spawned child process."""
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 
 from harness.cells import Cell
-from harness.config import Resources, SweepError
-from harness.executors.base import Outcome, trial_spec
+from harness.config import Resources
+from harness.executors.base import Outcome, check_this_machine, trial_spec
 from harness.isolation import run_isolated
 
 
@@ -22,13 +21,7 @@ class LocalExecutor:
         self.on_report = on_report
 
     def check(self, cells: list[Cell]) -> None:
-        cpus = os.cpu_count() or 1
-        if self.resources.cpus_per_trial > cpus:
-            raise SweepError(f"resources.cpus_per_trial={self.resources.cpus_per_trial} exceeds this machine's {cpus} CPUs")
-        if self.resources.gpus_per_trial > 0:
-            from harness.executors.gpus import require_local_gpus
-
-            require_local_gpus(self.resources.gpus_per_trial)
+        check_this_machine(self.resources)
 
     def run(self, cells: list[Cell]) -> Iterator[Outcome]:
         for cell in cells:

@@ -20,7 +20,7 @@ from sab.train import TrialResult, TrialSpec
 
 from harness.cells import Cell
 from harness.config import Resources, SweepError
-from harness.executors.base import Outcome, trial_spec
+from harness.executors.base import Outcome, check_this_machine, trial_spec
 from harness.isolation import run_isolated
 
 RESULT_KEY = "trial_result_json"
@@ -161,13 +161,7 @@ class RayExecutor:
     def check(self, cells: list[Cell]) -> None:
         """Before Ray starts: the request against this machine (local) ; after connecting: against the cluster."""
         if self.address is None:
-            cpus = os.cpu_count() or 1
-            if self.resources.cpus_per_trial > cpus:
-                raise SweepError(f"resources.cpus_per_trial={self.resources.cpus_per_trial} exceeds this machine's {cpus} CPUs")
-            if self.resources.gpus_per_trial > 0:
-                from harness.executors.gpus import require_local_gpus
-
-                require_local_gpus(self.resources.gpus_per_trial)
+            check_this_machine(self.resources)
 
     def _connect(self) -> dict:
         import ray
@@ -198,6 +192,13 @@ class RayExecutor:
             raise SweepError(f"resources.gpus_per_trial={need_gpu} but the Ray cluster has {available.get('GPU', 0):g} GPUs")
         return available
 
+    def stop(self) -> None:
+        """Stop every running trial (Ctrl-C): shut the private Ray down."""
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
     def run(self, cells: list[Cell]) -> Iterator[Outcome]:
         from ray import tune
 
@@ -207,7 +208,10 @@ class RayExecutor:
             slots = min(slots, int(available.get("GPU", 0) // self.resources.gpus_per_trial))
         if self.resources.max_concurrent:
             slots = min(slots, self.resources.max_concurrent)
-        self.concurrency = max(1, min(slots, len(cells)))
+        slots = max(1, min(slots, len(cells)))
+        self.concurrency = slots
+        if self.resources.gpus_per_trial > 0:  # trials that share one device at once, not the whole cluster
+            self.concurrency = max(1, int(1 / self.resources.gpus_per_trial)) if self.resources.gpus_per_trial < 1 else 1
         by_id = {c.cell_id: c for c in cells}
         sink: queue.Queue = queue.Queue()
 
@@ -225,7 +229,7 @@ class RayExecutor:
             trainable,
             param_space={"cell": tune.grid_search(payloads)},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=self.concurrency,
+                max_concurrent_trials=slots,
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: trial.config["cell"]["cell_id"],
             ),

@@ -1,0 +1,46 @@
+"""Which driver holds a cell, and whether it is still alive (so a dead driver's claims can be reaped)."""
+from __future__ import annotations
+
+import os
+import socket
+
+
+def _start_ticks(pid: int) -> str:
+    """Process start time in clock ticks since boot (tells a live pid from a reused one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def this_driver() -> dict[str, str]:
+    """Tags naming the current process as a cell's driver."""
+    pid = os.getpid()
+    return {"driver_host": socket.gethostname(), "driver_pid": str(pid), "driver_start": _start_ticks(pid)}
+
+
+def driver_alive(tags: dict) -> bool:
+    """True unless the driver is known dead: same host, and its pid gone or reused."""
+    if tags.get("driver_host") != socket.gethostname():
+        return True  # another machine's driver: cannot tell, so never steal its cells
+    try:
+        pid = int(tags.get("driver_pid") or 0)
+    except ValueError:
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = tags.get("driver_start") or ""
+    return not started or _start_ticks(pid) == started
+
+
+def holder_alive(tags: dict) -> bool:
+    """Whether a claimed cell is still held: by its Slurm job (collected, never reaped, by a
+    rerun with --executor slurm), else by its driver process."""
+    return tags.get("held_by") == "slurm" or driver_alive(tags)
