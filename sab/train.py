@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from sab.checkpoint import Checkpointer, restore, training_state
 from sab.credit import ENGINES, METHODS, build_model
+from sab.model import SABLSTM
 from sab.measure import MemoryMeter, StepTimer, cuda_peak, rss_peak_bytes, rss_peak_reset
 from sab.tasks import TASKS, Task, make_task
 
@@ -31,6 +33,8 @@ VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
 RESULT_STATUSES = ("ok", "oom", "diverged")
 FAILURE_STATUSES = ("error", "timeout")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+FAULTS = ("", "nan", "oom", "sleep", "raise", "exit")
+"""Faults a trial can inject into itself, so tests drive the harness's failure paths for real."""
 DTYPES = ("float32", "float64")
 
 
@@ -42,7 +46,7 @@ def _help(text: str) -> dict:
 class TrialSpec:
     """Everything that defines one trial; frozen and hashable (a harness cell holds one)."""
 
-    task: str = field(default="copy", metadata=_help("task name: " + ", ".join(sorted(TASKS))))
+    task: str = field(default="copy", metadata=_help("task name: " + ", ".join(TASKS)))
     method: str = field(default="sab", metadata=_help("credit assignment: " + ", ".join(METHODS)))
     seq_len: int = field(default=30, metadata=_help("task length parameter T (copy: delay; L = T + 20)"))
     hidden_size: int = field(default=64, metadata=_help("LSTM hidden units H"))
@@ -60,15 +64,20 @@ class TrialSpec:
     seed: int = field(default=0, metadata=_help("seed of initialisation and training data"))
     device: str = field(default="cpu", metadata=_help("cpu, cuda, cuda:N or auto (CUDA when present)"))
     threads: int = field(default=1, metadata=_help("torch CPU threads of this trial"))
+    data_dir: str | None = field(default=None, metadata=_help("folder of the dataset files (file-backed tasks)"))
+    permutation_seed: int = field(default=0, metadata=_help("seed of the fixed pixel permutation (permuted tasks)"))
     transfer_lengths: tuple[int, ...] = field(default=(), metadata=_help("also evaluate (no_grad) at these T"))
     weights_path: str | None = field(default=None, metadata=_help("save the trained weights here"))
     time_limit_s: float | None = field(default=None, metadata=_help("stop training after this many seconds: status timeout"))
     dtype: str = field(default="float32", metadata=_help("float32 or float64"))
+    checkpoint_path: str | None = field(default=None, metadata=_help("save/resume the training state here"))
+    checkpoint_every: int = field(default=0, metadata=_help("steps between checkpoints (0: only when signalled)"))
+    inject_fault: str = field(default="", metadata=_help("test the failure paths: nan, oom, sleep, raise or exit (empty: none)"))
 
     def validate(self) -> TrialSpec:
         """Raise one clear ValueError naming the first bad value and what is allowed."""
         if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(sorted(TASKS))}")
+            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.method not in ENGINES:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
         for name in ("seq_len", "hidden_size", "k_trunc", "k_top", "k_att", "batch_size", "steps", "eval_interval", "eval_batches", "threads"):
@@ -85,6 +94,8 @@ class TrialSpec:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if any(t < 1 for t in self.transfer_lengths):
             raise ValueError(f"transfer_lengths must all be >= 1, got {self.transfer_lengths!r}")
+        if self.inject_fault not in FAULTS:
+            raise ValueError(f"unknown inject_fault {self.inject_fault!r}; valid: {', '.join(repr(f) for f in FAULTS)}")
         if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
             raise ValueError(f"unknown device {self.device!r}; valid: cpu, auto, cuda, cuda:N")
         return self
@@ -111,6 +122,7 @@ class TrialResult:
     device_name: str = "cpu"
     threads: int = 1
     torch_version: str = torch.__version__
+    attention: list[list[float]] = field(default_factory=list)  # (L, n_mem) weights of one test sequence (attention models)
     error_type: str = ""
     error: str = ""
     traceback: str = ""
@@ -132,7 +144,8 @@ def resolve_device(name: str) -> torch.device:
 
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA and CPU allocation failures, however torch or Python spells them."""
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+    oom_types = tuple(t for t in (MemoryError, getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
+    if isinstance(error, oom_types):
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
@@ -152,10 +165,9 @@ def _to(batch, device: torch.device, dtype: torch.dtype):
     return dataclasses.replace(batch, inputs=inputs, targets=targets, positions=batch.positions.to(device))
 
 
-def evaluation_set(task: Task, spec: TrialSpec, seed: int) -> list:
-    """A fixed held-out set: `eval_batches` batches from a generator seeded apart from training."""
-    generator = torch.Generator().manual_seed(seed)
-    return [task.sample(spec.batch_size, generator) for _ in range(spec.eval_batches)]
+def evaluation_set(task: Task, spec: TrialSpec, split: str) -> list:
+    """The fixed validation or test set of `eval_batches` batches (held-out seeds or data splits)."""
+    return task.evaluation(split, spec.batch_size, spec.eval_batches, VAL_SEED if split == "val" else TEST_SEED)
 
 
 @torch.no_grad()
@@ -197,49 +209,52 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     dtype = getattr(torch, spec.dtype)
     result.device = str(device)
     result.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    task = make_task(spec.task, spec.seq_len)
+    task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
     model = build(spec, task, device, dtype)
     engine = ENGINES[spec.method]
     optimizer = _optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.seed)
-    val_set, test_set = evaluation_set(task, spec, VAL_SEED), evaluation_set(task, spec, TEST_SEED)
+    val_set, test_set = evaluation_set(task, spec, "val"), evaluation_set(task, spec, "test")
     timer = StepTimer(device)
+    checkpointer = Checkpointer(spec.checkpoint_path, spec.checkpoint_every)
+    first_step, elapsed_before = 1, 0.0
+    saved = checkpointer.load()
+    if saved is not None:
+        restore(saved, model, optimizer, generator)
+        first_step, elapsed_before = saved["step"] + 1, saved["elapsed"]
+        timer.total_seconds, timer.timed_seconds, timer.steps, timer.timed_steps = saved["timer"]
+        for key, value in saved["result"].items():
+            setattr(result, key, value)
+        print(f"resumed from checkpoint {spec.checkpoint_path} at step {saved['step']}", file=sys.stderr, flush=True)
     rss_before = rss_peak_reset()
-    started = time.monotonic()
-    with cuda_peak(device) as cuda:
-        for step in range(1, spec.steps + 1):
-            batch = _to(task.sample(spec.batch_size, generator), device, dtype)
-            meter = MemoryMeter(model.parameters()) if step == min(2, spec.steps) else None
-            with timer.step():
-                optimizer.zero_grad(set_to_none=True)
-                if meter is None:
-                    out = engine(model, batch, task.loss, spec.k_trunc)
-                else:
-                    with meter:
-                        out = engine(model, batch, task.loss, spec.k_trunc, meter)
-                if spec.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip)
-                optimizer.step()
-            result.steps_done = step
-            if meter is not None:
-                result.peak_saved_bytes = meter.peak_saved_bytes
-                result.peak_held_bytes = meter.peak_held_bytes
-                result.peak_bytes = meter.peak_bytes
-            if not math.isfinite(out.loss):
-                result.status = "diverged"
-                result.error = f"training loss became {out.loss} at step {step}"
-                break
-            over_time = spec.time_limit_s is not None and time.monotonic() - started > spec.time_limit_s
-            if step % spec.eval_interval == 0 or step == spec.steps or over_time:
-                point = {"step": step, "train_loss": out.loss, "elapsed_s": time.monotonic() - started}
-                point.update({f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()})
-                result.curve.append(point)
-                report(point)
-            if over_time:
-                result.status = "timeout"
-                result.error = f"time limit of {spec.time_limit_s} s reached after {step} of {spec.steps} steps"
-                break
-    result.peak_rss_bytes = max(0, rss_peak_bytes() - rss_before)
+    started = time.monotonic() - elapsed_before
+    checkpointer.listen()
+    try:
+        with cuda_peak(device) as cuda:
+            for step in range(first_step, spec.steps + 1):
+                out = _train_step(spec, step, task, model, engine, optimizer, generator, timer, result, device, dtype)
+                result.steps_done = step
+                if not math.isfinite(out.loss):
+                    result.status = "diverged"
+                    result.error = f"training loss became {out.loss} at step {step}"
+                    break
+                over_time = spec.time_limit_s is not None and time.monotonic() - started > spec.time_limit_s
+                if step % spec.eval_interval == 0 or step == spec.steps or over_time:
+                    point = {"step": step, "train_loss": out.loss, "elapsed_s": time.monotonic() - started}
+                    point.update({f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()})
+                    result.curve.append(point)
+                    report(point)
+                if over_time:
+                    result.status = "timeout"
+                    result.error = f"time limit of {spec.time_limit_s} s reached after {step} of {spec.steps} steps"
+                    break
+                if checkpointer.due(step) and step < spec.steps:
+                    partial = {k: getattr(result, k) for k in _RESUMED_FIELDS}
+                    timing = (timer.total_seconds, timer.timed_seconds, timer.steps, timer.timed_steps)
+                    checkpointer.save(training_state(model, optimizer, generator, step, time.monotonic() - started, {"timer": timing, "result": partial}))
+    finally:
+        checkpointer.restore_handlers()
+    result.peak_rss_bytes = max(result.peak_rss_bytes, rss_peak_bytes() - rss_before)
     result.cuda_max_allocated_bytes = cuda.get("cuda_max_allocated_bytes", 0)
     result.cuda_max_reserved_bytes = cuda.get("cuda_max_reserved_bytes", 0)
     result.train_seconds = timer.total_seconds
@@ -248,16 +263,65 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     _final_metrics(spec, task, model, result, val_set, test_set, device, dtype)
     if spec.weights_path:
         save_weights(model, spec, spec.weights_path)
+    checkpointer.remove()
+
+
+_RESUMED_FIELDS = ("curve", "peak_saved_bytes", "peak_held_bytes", "peak_bytes", "peak_rss_bytes")
+"""Result fields measured before a checkpoint that a resumed trial keeps."""
+
+
+def _train_step(spec, step, task, model, engine, optimizer, generator, timer, result, device, dtype):
+    """One optimiser step on a fresh batch; the second step also measures memory."""
+    batch = _to(task.sample(spec.batch_size, generator), device, dtype)
+    if spec.inject_fault and step == min(2, spec.steps):
+        batch = _inject(spec, batch)
+    meter = MemoryMeter(model.parameters()) if step == min(2, spec.steps) else None
+    with timer.step():
+        optimizer.zero_grad(set_to_none=True)
+        if meter is None:
+            out = engine(model, batch, task.loss, spec.k_trunc)
+        else:
+            with meter:
+                out = engine(model, batch, task.loss, spec.k_trunc, meter)
+        if spec.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip)
+        optimizer.step()
+    if meter is not None:
+        result.peak_saved_bytes, result.peak_held_bytes, result.peak_bytes = meter.peak_saved_bytes, meter.peak_held_bytes, meter.peak_bytes
+    return out
+
+
+def _inject(spec: TrialSpec, batch):
+    """The fault a test asked for, at the trial's second step."""
+    if spec.inject_fault == "nan":
+        return dataclasses.replace(batch, inputs=torch.full_like(batch.inputs, float("nan")))
+    if spec.inject_fault == "oom":
+        torch.empty(2**38, dtype=torch.uint8).fill_(1)  # 256 GiB: past any trial's memory cap
+    elif spec.inject_fault == "sleep":
+        time.sleep(10 * (spec.time_limit_s or 360))
+    elif spec.inject_fault == "raise":
+        raise RuntimeError("injected fault: the trial raised")
+    elif spec.inject_fault == "exit":
+        os._exit(3)
+    return batch
 
 
 def _final_metrics(spec, task, model, result, val_set, test_set, device, dtype) -> None:
     """Validation and test metrics; transfer lengths only for a trial that finished its steps."""
     metrics = {f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()}
     metrics.update(evaluate(model, task, test_set, device, dtype))
+    if isinstance(model, SABLSTM) and test_set:
+        with torch.no_grad():
+            batch = _to(test_set[0], device, dtype)
+            _, attention = model.infer(batch.inputs, return_attention=True)
+        if attention[0].numel() <= 200_000:  # one sequence's map, kept small enough to ship back
+            result.attention = attention[0].cpu().tolist()
+        if hasattr(task, "attention_share"):
+            metrics["attention_share"] = task.attention_share(attention, model.k_att)
     if result.status == "ok":
         for length in spec.transfer_lengths:
             longer = task.at_length(length)
-            batches = evaluation_set(longer, spec, TEST_SEED)
+            batches = evaluation_set(longer, spec, "test")
             for key, value in evaluate(model, longer, batches, device, dtype).items():
                 metrics[f"transfer_{key}_{length}"] = value
     result.metrics = metrics
@@ -275,7 +339,7 @@ def load_weights(path: str, device: str = "cpu") -> tuple[torch.nn.Module, Trial
     values = dict(saved["spec"])
     values["transfer_lengths"] = tuple(values["transfer_lengths"])
     spec = TrialSpec(**values)
-    task = make_task(spec.task, spec.seq_len)
+    task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
     model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size)
     model.load_state_dict(saved["state_dict"])
     return model.to(device=device, dtype=getattr(torch, spec.dtype)), spec
@@ -289,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, type=int, nargs="*", default=[], help=f.metadata["help"])
         elif f.name in ("attn_size",):
             parser.add_argument(flag, type=int, default=None, help=f.metadata["help"])
-        elif f.name in ("weights_path",):
+        elif f.name in ("weights_path", "checkpoint_path", "data_dir"):
             parser.add_argument(flag, type=str, default=None, help=f.metadata["help"])
         elif f.name == "time_limit_s":
             parser.add_argument(flag, type=float, default=None, help=f.metadata["help"])
