@@ -9,6 +9,7 @@ self_attention  LSTM + dense softmax attention over all past states, full BPTT
 sab_reference   SAB through plain autograd over the whole graph (obviously right; memory ~ L²/k_att)
 sab             the same gradient in two passes (DESIGN): no-grad forward, then the segments replayed
                 last to first, credit for old memories gathered in a buffer G
+transformer     a small causal Transformer, full backprop (the paper's CIFAR-10 baseline)
 
 Loss = Σ per-position losses at the batch's scored positions / (B · n_positions), in every engine.
 """
@@ -23,6 +24,7 @@ from torch import Tensor
 from sab.measure import NullMeter
 from sab.model import LSTMModel, SABLSTM, lstm_step
 from sab.sparse_attention import attention_weights, sparse_weights
+from sab.transformer import CausalTransformer
 
 PositionLoss = Callable[[Tensor, Tensor], Tensor]
 """(logits (B, n, O), targets (B, n, ...)) -> per-position losses (B, n)."""
@@ -280,6 +282,14 @@ def sab(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter
     return StepResult(loss_value, run.logits)
 
 
+def transformer(model: CausalTransformer, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None = None, meter=_NULL) -> StepResult:
+    """The causal Transformer baseline, full backprop (k_trunc ignored)."""
+    logits = model(batch.inputs, batch.positions)
+    loss = loss_fn(logits, batch.targets).sum() / batch.count
+    loss.backward()
+    return StepResult(loss.item(), logits.detach())
+
+
 ENGINES: dict[str, Callable[..., StepResult]] = {
     "bptt": bptt,
     "bptt_cell": bptt_cell,
@@ -287,6 +297,7 @@ ENGINES: dict[str, Callable[..., StepResult]] = {
     "self_attention": self_attention,
     "sab_reference": sab_reference,
     "sab": sab,
+    "transformer": transformer,
 }
 """Every engine by name: the `method` of a trial."""
 
@@ -299,6 +310,7 @@ USES = {
     "self_attention": ("attn_size",),
     "sab_reference": ("k_trunc", "k_top", "k_att", "attn_size"),
     "sab": ("k_trunc", "k_top", "k_att", "attn_size"),
+    "transformer": (),
 }
 """The method parameters each engine reads; the others do not change its result."""
 
@@ -309,6 +321,8 @@ def build_model(method: str, input_size: int, hidden_size: int, output_size: int
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if method in ("bptt", "bptt_cell", "tbptt"):
         return LSTMModel(input_size, hidden_size, output_size)
+    if method == "transformer":
+        return CausalTransformer(input_size, hidden_size, output_size)
     if method == "self_attention":
         return SABLSTM(input_size, hidden_size, output_size, k_top=None, k_att=1, attn_size=attn_size)
     return SABLSTM(input_size, hidden_size, output_size, k_top=k_top, k_att=k_att, attn_size=attn_size)

@@ -39,6 +39,12 @@ class Task(ABC):
     def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
         """Evaluation metrics of one batch; `accuracy` is always among them."""
 
+    def evaluation(self, split: str, batch_size: int, n_batches: int, seed: int) -> list[Batch]:
+        """A fixed held-out set: generated tasks draw it from a generator seeded apart from
+        training; dataset tasks override this with their validation or test split."""
+        generator = torch.Generator().manual_seed(seed)
+        return [self.sample(batch_size, generator) for _ in range(n_batches)]
+
     def at_length(self, seq_len: int) -> Task:
         """The same task at another length (transfer evaluation); tasks of fixed length refuse."""
         raise ValueError(f"task {self.name!r} has a fixed length; it cannot be evaluated at seq_len={seq_len}")

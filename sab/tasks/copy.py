@@ -52,5 +52,17 @@ class CopyTask(Task):
         recall = logits[:, -N_SYMBOLS:].argmax(-1) == targets[:, -N_SYMBOLS:]
         return {"accuracy": recall.float().mean().item(), "loss": self.loss(logits, targets).mean().item()}
 
+    def symbol_slots(self, k_att: int) -> list[int]:
+        """Memory slots holding the input symbols: those written while the symbols are read (steps
+        1..10, 1-based); when k_att > 10, the first memory, the earliest that holds them."""
+        written = [slot for slot in range(self.length // k_att) if (slot + 1) * k_att <= N_SYMBOLS]
+        return written or [0]
+
+    def attention_share(self, attention: Tensor, k_att: int) -> float:
+        """Share of the recall steps' attention (B, L, n_mem) that lands on the symbols' memories."""
+        recall = attention[:, -N_SYMBOLS:]
+        total = recall.sum()
+        return float(recall[..., self.symbol_slots(k_att)].sum() / total) if total > 0 else 0.0
+
     def at_length(self, seq_len: int) -> Task:
         return CopyTask(seq_len)
