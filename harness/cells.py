@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
@@ -24,7 +25,7 @@ SCHEMA_VERSION = 1
 """Bumped by hand when what a cell records changes shape."""
 
 METHOD_PARAMS = ("k_trunc", "k_top", "k_att", "attn_size")
-EXECUTION_DETAILS = ("threads", "weights_path", "time_limit_s")
+EXECUTION_DETAILS = ("threads", "weights_path", "time_limit_s", "checkpoint_path", "checkpoint_every", "data_dir")
 _DEFAULTS = TrialSpec()
 
 
@@ -116,6 +117,8 @@ def expand(config: SweepConfig) -> list[Cell]:
                 continue
             if isinstance(params.get("transfer_lengths"), list):
                 params["transfer_lengths"] = tuple(params["transfer_lengths"])
+            if params.get("data_dir"):  # trials may run in another working directory
+                params["data_dir"] = os.path.abspath(os.path.expanduser(params["data_dir"]))
             try:
                 spec = canonical(TrialSpec(**params).validate())
             except (TypeError, ValueError) as error:
@@ -123,3 +126,21 @@ def expand(config: SweepConfig) -> list[Cell]:
             cell = Cell(config.name, config.budget, spec, axes)
             cells.setdefault(cell.cell_id, cell)
     return list(cells.values())
+
+
+def check_data(cells: list[Cell]) -> None:
+    """Build each distinct task once, so missing or malformed data fails before any work starts."""
+    from sab.data import DataError
+    from sab.tasks import make_task
+
+    seen = set()
+    for cell in cells:
+        s = cell.spec
+        key = (s.task, s.seq_len, s.data_dir, s.permutation_seed)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            make_task(s.task, s.seq_len, s.data_dir, s.permutation_seed)
+        except (DataError, ValueError) as error:
+            raise SweepError(str(error)) from None

@@ -20,7 +20,8 @@ import yaml
 from sab.train import TrialSpec
 
 DEFAULT_BUDGET = "quick"
-TOP_LEVEL_KEYS = ("name", "description", "budget", "fixed", "grid", "union", "exclude", "budgets", "resources", "paper", "slurm")
+TOP_LEVEL_KEYS = ("name", "description", "budget", "fixed", "grid", "union", "exclude", "budgets", "resources", "paper", "slurm", "metric", "notes")
+LOWER_IS_BETTER = ("bpc", "loss", "mse")
 SPEC_FIELDS = tuple(f.name for f in fields(TrialSpec))
 SLURM_KEYS = ("partition", "account", "qos", "gpus_per_node", "cpus_per_task", "mem_gb", "constraint", "timeout_min", "array_parallelism", "additional")
 
@@ -63,6 +64,8 @@ class SweepConfig:
     resources: Resources
     paper: list[dict] = field(default_factory=list)
     slurm: dict[str, Any] = field(default_factory=dict)
+    metric: str = "accuracy"  # the report's main metric (bpc, loss and mse: lower is better)
+    notes: str = ""  # shown verbatim in the report
     budgets: tuple[str, ...] = ()
     path: str = ""
 
@@ -177,8 +180,13 @@ def _apply_budget(data: dict, user_keys: set[str], path: Path) -> dict:
         raise SweepError(f"unknown budget {budget!r} for sweep {path.stem!r}; valid: {', '.join(budgets) or '(none defined)'}")
     fixed = dict(data.get("fixed") or {})
     grid = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (data.get("grid") or {}).items()}
+    union, exclude = data.get("union"), data.get("exclude")
     for key, value in (budgets[budget] or {}).items():
-        if key == "grid":
+        if key == "union":
+            union = value
+        elif key == "exclude":
+            exclude = value
+        elif key == "grid":
             for axis, values in (value or {}).items():
                 if f"grid.{axis}" not in user_keys:
                     grid[axis] = list(values) if isinstance(values, (list, tuple)) else [values]
@@ -190,7 +198,7 @@ def _apply_budget(data: dict, user_keys: set[str], path: Path) -> dict:
                 fixed[key] = value
     for axis in grid:
         fixed.pop(axis, None)  # a grid axis overrides a fixed value of the same name
-    return dict(data, budget=budget, fixed=fixed, grid=grid)
+    return dict(data, budget=budget, fixed=fixed, grid=grid, union=union, exclude=exclude)
 
 
 def _validate(name: str, path: Path, data: dict) -> SweepConfig:
@@ -227,6 +235,8 @@ def _validate(name: str, path: Path, data: dict) -> SweepConfig:
         slurm=slurm,
         budgets=tuple(data.get("budgets") or ()),
         path=str(path),
+        metric=str(data.get("metric") or "accuracy"),
+        notes=str(data.get("notes") or "").strip(),
     )
 
 

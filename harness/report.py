@@ -17,7 +17,8 @@ import pandas as pd
 
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
-from harness.config import DEFAULT_BUDGET, SweepConfig, SweepError, load_sweep
+from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
+from harness.figures import metric_plots
 from harness.tracking import Tracker
 
 GROUP_CANDIDATES = ("task", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps")
@@ -31,7 +32,9 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
     runs = tracker.cell_runs(budget)
     if runs.empty:
         return pd.DataFrame()
-    runs = runs.sort_values("start_time")
+    runs = runs[runs["tags.status"] != "running"].sort_values("start_time")
+    if runs.empty:
+        return pd.DataFrame()
     runs["_result"] = runs["tags.status"].isin(RESULT_STATUSES)
     # a cell's row: its latest result run if it has one, else its latest failure
     runs = runs.sort_values(["_result", "start_time"]).groupby("tags.cell_id", as_index=False).tail(1)
@@ -68,39 +71,49 @@ def _fmt(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f} (n={len(values)})"
 
 
-def _pick_lr(group: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Rows of the lr with the best mean validation accuracy (all rows when there is no lr choice)."""
+def _pick_lr(group: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
+    """Rows of the lr with the best mean validation metric (all rows when there is no lr choice)."""
     if "lr" not in group or group["lr"].nunique(dropna=True) <= 1:
         return group, ""
     ok = group[group["status"] == "ok"]
-    if ok.empty or "val_accuracy" not in ok:
+    column = f"val_{metric}"
+    if ok.empty or column not in ok:
         return group, ""
-    best = ok.groupby("lr")["val_accuracy"].mean().idxmax()
+    means = ok.groupby("lr")[column].mean()
+    best = means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax()
     return group[group["lr"] == best], f"{best:g}"
 
 
-def _paper_value(config: SweepConfig, method: str, seq_len) -> str:
+def _paper_value(config: SweepConfig, method: str, seq_len, metric: str, transfer: list[str]) -> str:
+    """The paper's figures for this row, else '—': those at this T, and transfer figures
+    (`transfer: T`, any training T) where this table has that transfer column."""
+    evaluated = {int(c.rsplit("_", 1)[1]) for c in transfer}
+    shown = []
     for figure in config.paper:
-        if figure.get("method") == method and int(figure.get("seq_len", -1)) == int(seq_len) and figure.get("metric", "accuracy") == "accuracy":
-            return f"{float(figure['value']):.2f}"
-    return "—"
+        if figure.get("method") != method or figure.get("metric", "accuracy") != metric:
+            continue
+        if "transfer" in figure and int(figure["transfer"]) in evaluated:
+            shown.append(f"{float(figure['value']):.2f} (@T={int(figure['transfer'])})")
+        elif "transfer" not in figure and int(figure.get("seq_len", -1)) == int(seq_len):
+            shown.append(f"{float(figure['value']):.2f}")
+    return "; ".join(shown) or "—"
 
 
 def main_table(cells: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
-    """Accuracy (test, mean ± std over seeds), transfer accuracy, the paper's figure, status counts."""
-    keys = _group_keys(cells)
-    transfer = sorted((c for c in cells if c.startswith("transfer_accuracy_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    """The sweep's metric (test, mean ± std over seeds), transfer columns, the paper's figure, statuses."""
+    keys, metric = _group_keys(cells), config.metric
+    transfer = sorted((c for c in cells if c.startswith(f"transfer_{metric}_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     rows = []
     for values, group in cells.groupby(keys, sort=True, dropna=False):
-        group, lr = _pick_lr(group)
+        group, lr = _pick_lr(group, metric)
         ok = group[group["status"] == "ok"]
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
         if lr:
             row["lr (picked on val)"] = lr
-        row["accuracy"] = _accuracy_cell(group, ok, "accuracy")
+        row[metric] = _accuracy_cell(group, ok, metric)
         for column in transfer:
-            row[f"acc@T={column.rsplit('_', 1)[1]}"] = _accuracy_cell(group, ok, column)
-        row[PAPER_COLUMN] = _paper_value(config, row["method"], row["seq_len"])
+            row[f"{'acc' if metric == 'accuracy' else metric}@T={column.rsplit('_', 1)[1]}"] = _accuracy_cell(group, ok, column)
+        row[PAPER_COLUMN] = _paper_value(config, row["method"], row["seq_len"], metric, transfer)
         row["status"] = ", ".join(f"{s}:{n}" for s, n in group["status"].value_counts().sort_index().items())
         rows.append(row)
     return pd.DataFrame(rows)
@@ -140,8 +153,8 @@ def time_table(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def contrast(cells: pd.DataFrame) -> list[str]:
-    """One line per seq_len: what SAB buys over BPTT in accuracy, memory and (clean) time."""
+def contrast(cells: pd.DataFrame, metric: str = "accuracy") -> list[str]:
+    """One line per seq_len: what SAB buys over BPTT in the metric, memory and (clean) time."""
     lines = []
     ok = cells[cells["status"] == "ok"]
     for seq_len, group in ok.groupby("seq_len"):
@@ -149,14 +162,38 @@ def contrast(cells: pd.DataFrame) -> list[str]:
         if "sab" not in by.groups or "bptt" not in by.groups:
             continue
         sab, bptt = by.get_group("sab"), by.get_group("bptt")
-        text = f"T={int(seq_len)}: accuracy SAB {sab['accuracy'].mean():.3f} vs BPTT {bptt['accuracy'].mean():.3f}"
+        text = f"T={int(seq_len)}: {metric} SAB {sab[metric].mean():.3f} vs BPTT {bptt[metric].mean():.3f}"
         if "tbptt" in by.groups:
-            text += f" (TBPTT {by.get_group('tbptt')['accuracy'].mean():.3f})"
+            text += f" (TBPTT {by.get_group('tbptt')[metric].mean():.3f})"
         text += f"; peak memory SAB/BPTT = {sab['peak_bytes'].mean() / bptt['peak_bytes'].mean():.2f}"
         sab_alone, bptt_alone = sab[sab["concurrency"] == 1], bptt[bptt["concurrency"] == 1]
         if not sab_alone.empty and not bptt_alone.empty:
             text += f"; s/step SAB/BPTT = {sab_alone['seconds_per_step'].mean() / bptt_alone['seconds_per_step'].mean():.2f}"
         lines.append(text)
+    return lines
+
+
+def attention_section(cells: pd.DataFrame, tracker: Tracker, out: Path) -> list[str]:
+    """Where SAB looks: recall-step attention on the symbols' memories, and one attention map."""
+    if "attention_share" not in cells:
+        return []
+    rated = cells[(cells["status"] == "ok") & cells["attention_share"].notna()]
+    if rated.empty:
+        return []
+    lines = ["", "## Attention on the copy task", "",
+             "Share of the recall steps' attention that lands on the memories written while the 10 symbols "
+             "were read (the paper's claim: SAB attends to them).", ""]  # fmt: skip
+    table = rated.groupby(["method", "seq_len"])["attention_share"].mean().reset_index()
+    lines.append(_markdown(table.rename(columns={"attention_share": "share on symbol memories"})))
+    shown = rated[rated["method"] == "sab"].sort_values(["seq_len", "seed"], ascending=[False, True]).head(1)
+    for _, row in shown.iterrows():
+        try:
+            local = tracker.client.download_artifacts(row["run_id"], "attention.png", str(out))
+        except Exception:  # an older run without the artifact
+            continue
+        name = f"attention_{row['name']}.png"
+        Path(local).replace(out / name)
+        lines += ["", f"![attention map of {row['name']}]({name})"]
     return lines
 
 
@@ -175,37 +212,6 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-def plots(cells: pd.DataFrame, out: Path) -> list[Path]:
-    """Accuracy, peak memory and s/step against T, a line per method (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    ok = cells[cells["status"] == "ok"]
-    specs = [("accuracy", "accuracy", ok, 1.0), ("peak_memory", "peak_bytes", ok, 1 / MiB), ("seconds_per_step", "seconds_per_step", ok[ok["concurrency"] == 1], 1.0)]
-    for name, column, rows, scale in specs:
-        if rows.empty or column not in rows:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for method, group in rows.groupby("method"):
-            series = group.groupby("seq_len")[column].agg(["mean", "std"]).sort_index() * scale
-            ax.errorbar(series.index, series["mean"], yerr=series["std"].fillna(0), marker="o", capsize=3, label=method)
-        ax.set_xlabel("T (seq_len)")
-        ax.set_ylabel({"accuracy": "test accuracy", "peak_memory": "peak training MiB", "seconds_per_step": "s / step (concurrency 1)"}[name])
-        if name != "accuracy":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
-    return made
-
-
 def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_seconds: float | None = None) -> Path:
     """Build the report of one sweep and budget into out_root/NAME/; returns the report path."""
     out = out_root / config.name
@@ -218,7 +224,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     table = main_table(cells, config)
     table.to_csv(out / "main_table.csv", index=False)
     memory, timing = memory_table(cells), time_table(cells)
-    made = plots(cells, out)
+    made = metric_plots(cells, out)
     statuses = cells["status"].value_counts().sort_index()
     failures = cells[cells["status"].isin(FAILURE_STATUSES + ("oom", "diverged"))]
     machine = cells["device_name"].dropna().unique().tolist()
@@ -233,11 +239,11 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     ]
     if wall_seconds is not None:
         lines.append(f"Wall time of the invocation that wrote this report: {wall_seconds / 60:.1f} min.")
-    summary = contrast(cells)
+    summary = contrast(cells, config.metric)
     if summary:
         lines += ["", "## What SAB buys over BPTT", "", *[f"- {s}" for s in summary]]
     lines += [
-        "", "## Accuracy (test set, mean ± std over seeds)", "",
+        "", f"## {config.metric} (test set, mean ± std over seeds{'; lower is better' if config.metric in LOWER_IS_BETTER else ''})", "",
         f"`{PAPER_COLUMN}`: the paper's figure as quoted by secondary sources (shared/research/paper_figures.md); '—' where none.",
         "", _markdown(table),
         "", "## Peak training memory", "",
@@ -253,6 +259,9 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         lines.append(_markdown(timing))
     if not failures.empty:
         lines += ["", "## Cells that did not finish ok", "", _markdown(failures[["name", "status", "error_type", "error"]].fillna(""))]
+    lines += attention_section(cells, tracker, out)
+    if config.notes:
+        lines += ["", "## Notes", "", config.notes]
     lines += ["", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in made], "", "Per-cell rows: `cells.csv`; main table: `main_table.csv`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -13,16 +13,17 @@ that already have a result (ok, oom, diverged) and reruns failures (error, timeo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
-from harness.cells import Cell, expand
+from harness.cells import Cell, check_data, expand
 from harness.config import SweepConfig, SweepError, list_sweeps, load_sweep
 from harness.executors import EXECUTORS, make_executor
-from harness.tracking import Tracker
+from harness.tracking import RUNNING, Tracker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,11 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="key=value overrides (budget=, grid.*, fixed.*, or a bare parameter)")
     parser.add_argument("--list", action="store_true", help="list the sweeps and exit")
     parser.add_argument("--dry-run", action="store_true", help="print every cell as done / missing / failed; run nothing")
-    parser.add_argument("--executor", default="ray", choices=sorted(EXECUTORS), help="where cells run (default: ray)")
+    parser.add_argument("--executor", default="ray", help=f"where cells run: {', '.join(EXECUTORS)} (default: ray)")
     parser.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT, ray://HOST:PORT); default: a private local Ray")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results-dir)")
     parser.add_argument("--results-dir", default="results", help="store, reports and executor folders (default: ./results)")
     parser.add_argument("--detach", action="store_true", help="slurm: submit and return; rerun the command to collect")
+    parser.add_argument("--timing", action="store_true", help="one trial per device at a time (clean times; GPUs: one per GPU)")
     parser.add_argument("--no-report", action="store_true", help="do not rebuild the report at the end")
     return parser
 
@@ -56,7 +58,7 @@ def _metric_text(result) -> str:
     return " ".join(shown)
 
 
-def _eta(elapsed: float, done: int, total: int, concurrency: int) -> str:
+def _eta(elapsed: float, done: int, total: int) -> str:
     if done == 0 or done >= total:
         return "0s"
     seconds = elapsed / done * (total - done)
@@ -64,21 +66,54 @@ def _eta(elapsed: float, done: int, total: int, concurrency: int) -> str:
 
 
 def dry_run(cells: list[Cell], statuses: dict[str, str]) -> None:
-    """Print each cell with done / missing / failed."""
+    """Print each cell with done / running / missing / failed."""
+    counts = {"done": 0, "running": 0, "missing": 0, "failed": 0}
     for cell in cells:
         status = statuses.get(cell.cell_id)
-        state = "done" if status in RESULT_STATUSES else ("missing" if status is None else "failed")
+        if status in RESULT_STATUSES:
+            state = "done"
+        elif status is None:
+            state = "missing"
+        else:
+            state = "running" if status == RUNNING else "failed"
+        counts[state] += 1
         detail = f" ({status})" if status else ""
         print(f"{state:8s} {cell.cell_id}  {cell.name}{detail}")
-    done = sum(1 for c in cells if statuses.get(c.cell_id) in RESULT_STATUSES)
-    missing = sum(1 for c in cells if c.cell_id not in statuses)
-    print(f"{len(cells)} cells: {done} done, {missing} missing, {len(cells) - done - missing} failed")
+    print(f"{len(cells)} cells: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+
+
+def timing_mode(config: SweepConfig) -> SweepConfig:
+    """One trial per device at a time: one on the CPU, one per GPU."""
+    from harness.executors.gpus import local_gpu_count
+
+    devices = local_gpu_count() if config.resources.gpus_per_trial > 0 else 1
+    return dataclasses.replace(config, resources=dataclasses.replace(config.resources, max_concurrent=max(1, devices)))
+
+
+def collect_from_slurm(executor, tracker: Tracker, cells: list[Cell], budget: str) -> None:
+    """Log the cells whose Slurm jobs (of an earlier, detached or dead, invocation) have ended."""
+    by_id = {c.cell_id: c for c in cells}
+    finished = 0
+    claims = tracker.slurm_claims(budget)
+    for claim in claims:
+        cell = by_id.get(claim["cell_id"])
+        job = executor.job(claim["job_id"], claim["folder"])
+        if cell is None or not job.done(force_check=True):
+            continue
+        outcome = executor.outcome(cell, job)
+        tracker.log_outcome(outcome, claim["run_id"])
+        finished += 1
+        print(f"collected {outcome.result.status:8s} {cell.name} from Slurm job {claim['job_id']}  {_metric_text(outcome.result)}", flush=True)
+    if claims:
+        print(f"{finished} of {len(claims)} submitted cells collected; {len(claims) - finished} still queued or running", flush=True)
 
 
 def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) -> int:
     """Execute the missing and failed cells of a validated sweep; returns the exit code."""
     cells = expand(config)
     results_dir = Path(args.results_dir).resolve()
+    if args.timing:
+        config = timing_mode(config)
 
     def on_report(cell: Cell, point: dict) -> None:
         shown = " ".join(f"{k}={v:.4g}" for k, v in point.items() if isinstance(v, (int, float)))
@@ -86,35 +121,49 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
 
     executor = make_executor(args.executor, config, results_dir, address=args.address, on_report=on_report, detach=args.detach)
     executor.check(cells)
+    check_data(cells)
     tracker = Tracker(config.name, results_dir, args.tracking_uri)
     tracker.open()
+    if executor.name == "slurm" and not args.dry_run:
+        collect_from_slurm(executor, tracker, cells, config.budget)
     statuses = tracker.cell_statuses(config.budget)
     if args.dry_run:
         dry_run(cells, statuses)
         return 0
-    todo = [c for c in cells if statuses.get(c.cell_id) not in RESULT_STATUSES]
-    print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run on {executor.name}", flush=True)
+    todo = [c for c in cells if statuses.get(c.cell_id) not in RESULT_STATUSES + (RUNNING,)]
     started = time.monotonic()
     outcomes = []
     if todo:
-        tracker.start_parent(config.budget, executor.name, len(todo), ["python", "-m", "harness.sweep", *argv])
+        tracker.start_parent(config.budget, executor.name, ["python", "-m", "harness.sweep", *argv])
+        claimed, held = tracker.claim(cells, config.budget)
+        run_ids = {cell.cell_id: run_id for cell, run_id in claimed}
+        if executor.name == "slurm":
+            executor.on_submit = lambda cell, job_id, folder: tracker.hand_to_slurm(run_ids[cell.cell_id], job_id, folder)
+        print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - len(claimed) - held} done, "
+              f"{held} running elsewhere, {len(claimed)} to run on {executor.name}", flush=True)  # fmt: skip
         try:
-            for outcome in executor.run(todo):
-                tracker.log_outcome(outcome)
+            for outcome in executor.run([cell for cell, _ in claimed]):
+                tracker.log_outcome(outcome, run_ids.pop(outcome.cell.cell_id))
                 outcomes.append(outcome)
                 elapsed = time.monotonic() - started
                 print(
-                    f"[{len(outcomes)}/{len(todo)}] {outcome.result.status:8s} {outcome.cell.name}  {_metric_text(outcome.result)}  "
-                    f"{outcome.wall_seconds:.1f}s  ETA {_eta(elapsed, len(outcomes), len(todo), getattr(executor, 'concurrency', 1))}",
+                    f"[{len(outcomes)}/{len(claimed)}] {outcome.result.status:8s} {outcome.cell.name}  {_metric_text(outcome.result)}  "
+                    f"{outcome.wall_seconds:.1f}s  ETA {_eta(elapsed, len(outcomes), len(claimed))}",
                     flush=True,
                 )
         except KeyboardInterrupt:
+            getattr(executor, "stop", lambda: None)()
+            tracker.release(list(run_ids.values()))
             tracker.end_parent(failed=True, killed=True)
-            print(f"\ninterrupted: {len(outcomes)} of {len(todo)} cells finished and are recorded; "
+            print(f"\ninterrupted: {len(outcomes)} of {len(claimed)} cells finished and are recorded; "
                   f"rerun the same command to run the rest", file=sys.stderr)  # fmt: skip
             return 130
         failed = [o for o in outcomes if o.result.status in FAILURE_STATUSES]
         tracker.end_parent(failed=bool(failed))
+    else:
+        running = sum(1 for c in cells if statuses.get(c.cell_id) == RUNNING)
+        print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - running} done, "
+              f"{running} running elsewhere, 0 to run", flush=True)  # fmt: skip
     wall = time.monotonic() - started
     if not args.no_report:
         from harness.report import write_report
@@ -137,7 +186,7 @@ def _summary(outcomes: list, wall: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # overrides may follow the --options
     if args.list:
         for name in list_sweeps():
             print(name)

@@ -63,7 +63,7 @@ def test_identical_rerun_runs_nothing_and_a_deleted_cell_is_the_only_rerun(smoke
     folder, _ = smoke
     again = cli(["harness.sweep", "copy_lengths", "budget=smoke"], folder)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "4 cells, 4 done, 0 to run" in again.stdout
+    assert "4 cells, 4 done, 0 running elsewhere, 0 to run" in again.stdout
     assert len(_children(folder)) == 4
 
     runs = _children(folder)
@@ -76,7 +76,7 @@ def test_identical_rerun_runs_nothing_and_a_deleted_cell_is_the_only_rerun(smoke
 
     rerun = cli(["harness.sweep", "copy_lengths", "budget=smoke", "--executor", "local"], folder)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "4 cells, 3 done, 1 to run" in rerun.stdout
+    assert "4 cells, 3 done, 0 running elsewhere, 1 to run" in rerun.stdout
     after = _children(folder)
     assert len(after) == 4
     fresh = after[~after["run_id"].isin(runs["run_id"])]

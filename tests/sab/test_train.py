@@ -15,7 +15,7 @@ from sab.tasks import make_task
 TINY = dict(task="copy", seq_len=5, hidden_size=8, batch_size=4, steps=6, eval_interval=3, eval_batches=1, k_trunc=3, k_att=2, k_top=2)
 
 
-@pytest.mark.parametrize("method", ["bptt", "bptt_cell", "tbptt", "self_attention", "sab_reference", "sab"])
+@pytest.mark.parametrize("method", ["bptt", "bptt_cell", "tbptt", "self_attention", "sab_reference", "sab", "transformer"])
 def test_every_method_runs_a_trial(method):
     result = run_trial(TrialSpec(method=method, **TINY))
     assert result.status == "ok", result.traceback
@@ -80,7 +80,7 @@ def test_cli_runs_one_trial():
 def test_cli_bad_method_is_one_line():
     out = subprocess.run([sys.executable, "-m", "sab.train", "--method", "nope"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: unknown method 'nope'; valid: bptt, bptt_cell, tbptt, self_attention, sab_reference, sab"
+    assert out.stderr.strip() == "error: unknown method 'nope'; valid: bptt, bptt_cell, tbptt, self_attention, sab_reference, sab, transformer"
 
 
 def test_import_sab_pulls_no_harness_framework():
