@@ -53,6 +53,8 @@ def predicted_bytes(c: CostConfig) -> int:
         return lstm_per_step * L
     if c.method == "tbptt":
         return lstm_per_step * c.k_trunc
+    if c.method == "transformer":  # attention scores and weights of every layer and head, saved for backward
+        return 3 * 2 * 4 * B * L * L * f + 40 * H * B * L * f
     k_att = 1 if c.method == "self_attention" else c.k_att
     pairs = L * L // (2 * k_att)  # Σ_t |M_t|
     if c.method == "sab":

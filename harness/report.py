@@ -173,6 +173,24 @@ def contrast(cells: pd.DataFrame, metric: str = "accuracy") -> list[str]:
     return lines
 
 
+def machine() -> str:
+    """This machine in one line: OS, CPU model, cores, memory, torch."""
+    import os
+    import platform
+
+    import torch
+
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{platform.system()} {platform.machine()}, {model}, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM{gpu}, torch {torch.__version__}"
+
+
 def attention_section(cells: pd.DataFrame, tracker: Tracker, out: Path) -> list[str]:
     """Where SAB looks: recall-step attention on the symbols' memories, and one attention map."""
     if "attention_share" not in cells:
@@ -227,16 +245,17 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     made = metric_plots(cells, out)
     statuses = cells["status"].value_counts().sort_index()
     failures = cells[cells["status"].isin(FAILURE_STATUSES + ("oom", "diverged"))]
-    machine = cells["device_name"].dropna().unique().tolist()
+    devices = cells["device_name"].dropna().unique().tolist()
     lines = [
         f"# {config.name} — budget `{config.budget}`",
         "",
         config.description,
         "",
         f"Cells: {len(cells)} ({', '.join(f'{s}: {n}' for s, n in statuses.items())}). "
-        f"Executors: {', '.join(sorted(cells['executor'].dropna().unique()))}. Devices: {', '.join(machine) or '—'}. "
+        f"Executors: {', '.join(sorted(cells['executor'].dropna().unique()))}. Devices: {', '.join(devices) or '—'}. "
         f"git: {', '.join(sorted(cells['git_sha'].dropna().unique()))}.",
     ]
+    lines.append(f"Report written on: {machine()}.")
     if wall_seconds is not None:
         lines.append(f"Wall time of the invocation that wrote this report: {wall_seconds / 60:.1f} min.")
     summary = contrast(cells, config.metric)

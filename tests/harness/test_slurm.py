@@ -199,3 +199,34 @@ def test_cancelled_job_is_a_failed_cell_not_a_hang(slurm, tmp_path):
     subprocess.run(["scancel", "--name", "sab-long"], check=False)  # the resubmitted cell
     assert cancelled["tags.status"] == "error" and "CANCELLED" in cancelled["tags.error"]
     assert cancelled["status"] == "FAILED"
+
+
+def test_fractional_gpus_are_refused_on_slurm():
+    config = load_sweep("copy_lengths", ["budget=smoke", "resources.gpus_per_trial=0.5"])
+    with pytest.raises(SweepError, match=r"gpus_per_trial=0.5: fractional GPUs are not packed by --executor slurm"):
+        SlurmExecutor(config, Path("/tmp/x"), cluster="local").check(expand(config))
+
+
+def test_ctrl_c_cancels_the_submitted_jobs_and_says_so(slurm, tmp_path):
+    import signal
+    import sys
+
+    work, env = _long_sweep(tmp_path)
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "long", "steps=100000", "--executor", "slurm"], cwd=work,
+                              env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for line in driver.stdout:
+        if line.startswith("submitted"):
+            job_id = line.rsplit(":", 1)[1].strip()
+            break
+    time.sleep(1)
+    driver.send_signal(signal.SIGINT)
+    rest = driver.communicate(timeout=120)[0]
+    assert driver.returncode == 130
+    assert f"cancelled 1 submitted jobs: {job_id}" in rest and "rerun the same command" in rest
+    deadline = time.monotonic() + 60
+    while subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0]], capture_output=True, text=True).stdout.strip() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0]], capture_output=True, text=True).stdout.strip()
+    runs = _runs(work, "long")
+    assert list(runs["tags.status"]) == ["killed"]

@@ -89,3 +89,12 @@ def test_unknown_sweep_from_the_command_line(fresh_dir):
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: unknown sweep 'no_such_sweep'; valid: ")
     assert not (fresh_dir / "results").exists()  # nothing was started or created
+
+
+def test_timing_mode_runs_one_cell_at_a_time(fresh_dir):
+    out = cli(["harness.sweep", "copy_lengths", "budget=smoke", "grid.method=[bptt,sab]", "--timing"], fresh_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = _children(fresh_dir)
+    assert set(runs["tags.concurrency"]) == {"1"} and set(runs["tags.executor"]) == {"ray"}
+    report = (fresh_dir / "results" / "copy_lengths" / "report.md").read_text()
+    assert "| bptt | 5 |" in report.split("## Time (cells run one at a time only)")[1]  # a time table, from those rows
