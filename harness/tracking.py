@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,15 +99,20 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
+    @contextlib.contextmanager
     def lock(self):
-        """An inter-process lock for writes to a local store (none needed for a tracking server)."""
-        if not self.uri.startswith("sqlite:///"):
-            return contextlib.nullcontext()
-        from filelock import FileLock
+        """Serialise a write: an inter-process file lock for a local store (a tracking server needs
+        none), with Ctrl-C deferred to the end of the write so no write or lock is left half done."""
+        with _ctrl_c_deferred():
+            if not self.uri.startswith("sqlite:///"):
+                yield
+                return
+            from filelock import FileLock
 
-        folder = Path(self.uri[len("sqlite:///"):]).parent / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(folder / "mlflow.lock"), timeout=600)
+            folder = Path(self.uri[len("sqlite:///"):]).parent / "locks"
+            folder.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(folder / "mlflow.lock"), timeout=600):
+                yield
 
     def open(self) -> str:
         """Create the store and the sweep's experiment (driver first, before any trial starts)."""
@@ -272,6 +279,22 @@ def attention_png(outcome: Outcome, folder: Path) -> Path:
     share = outcome.result.metrics.get("attention_share")
     title = f"{outcome.cell.name}" + (f" — {share:.0%} of recall attention on the symbols' memories" if share is not None else "")
     return attention_heatmap(outcome.result.attention, folder / "attention.png", title, recall, slots)
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Hold a SIGINT that arrives inside the block and raise KeyboardInterrupt once it is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _tags(row) -> dict:

@@ -24,7 +24,7 @@ class Checkpointer:
 
     def __init__(self, path: str | None, every: int = 0) -> None:
         self.path, self.every = path, every
-        self.pending: int | None = None  # the signal that asked for a save, not yet honoured
+        self.pending: set[int] = set()  # signals that asked for a save, not yet honoured (TERM and USR2 may both come)
         self._previous: dict[int, Any] = {}
 
     @property
@@ -46,11 +46,11 @@ class Checkpointer:
         self._previous.clear()
 
     def _request(self, signum: int, frame) -> None:
-        self.pending = signum
+        self.pending.add(signum)
 
     def due(self, step: int) -> bool:
         """Save after this step? (every N steps, or a signal asked)."""
-        return self.enabled and (self.pending is not None or (self.every > 0 and step % self.every == 0))
+        return self.enabled and (bool(self.pending) or (self.every > 0 and step % self.every == 0))
 
     def save(self, state: dict[str, Any]) -> None:
         """Write the state atomically, then honour a pending signal."""
@@ -58,8 +58,8 @@ class Checkpointer:
         partial = f"{self.path}.partial"
         torch.save(state, partial)
         os.replace(partial, self.path)
-        signum, self.pending = self.pending, None
-        if signum in HANDED_ON:
+        signals, self.pending = self.pending, set()
+        for signum in sorted(signals & set(HANDED_ON)):
             previous = self._previous.get(signum)
             if callable(previous):
                 previous(signum, None)  # e.g. submitit: checkpoint() -> requeue -> exit
