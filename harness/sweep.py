@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -184,7 +187,9 @@ def _summary(outcomes: list, wall: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
+    """CLI entry point. `kill -USR1 <pid>` prints every thread's stack (for a driver that seems stuck)."""
+    if threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_intermixed_args(argv)  # overrides may follow the --options
     if args.list:

@@ -221,7 +221,13 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_says_so(slurm, tmp_path):
             break
     time.sleep(1)
     driver.send_signal(signal.SIGINT)
-    rest = driver.communicate(timeout=120)[0]
+    try:
+        rest = driver.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        driver.send_signal(signal.SIGUSR1)  # the driver dumps its threads' stacks
+        time.sleep(2)
+        driver.kill()
+        pytest.fail("the driver did not stop after Ctrl-C; its stacks:\n" + driver.communicate()[0][-6000:])
     assert driver.returncode == 130
     assert f"cancelled 1 submitted jobs: {job_id}" in rest and "rerun the same command" in rest
     deadline = time.monotonic() + 60
