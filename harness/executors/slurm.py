@@ -66,7 +66,7 @@ class SlurmExecutor:
         self.cluster = cluster or os.environ.get("SAB_SLURM_CLUSTER") or "slurm"
         self.options = dict(config.slurm)
         self.concurrency = 1
-        self.jobs: list = []
+        self.jobs: list = []  # every job submitted by this invocation
         self.on_submit: Callable[[Cell, str, str], None] | None = None
         self.submitted_at: float | None = None
 
@@ -143,11 +143,11 @@ class SlurmExecutor:
             array = jobs[0].job_id.split("_")[0] if jobs else "?"
             print(f"submitted {len(jobs)} cells as {'job array ' + array if self.cluster == 'slurm' else self.cluster + ' jobs'}: "
                   f"{', '.join(j.job_id for j in jobs)}", flush=True)  # fmt: skip
+            self.jobs += jobs  # known before anything else can be interrupted: Ctrl-C cancels them all
             for cell, job in zip(group, jobs):
                 submitted.append((cell, job))
                 if self.on_submit:
                     self.on_submit(cell, job.job_id, str(self.folder))
-        self.jobs = [job for _, job in submitted]
         self.submitted_at = time.monotonic()
         self.concurrency = min(len(cells), int(self.options.get("array_parallelism") or self.resources.max_concurrent or len(cells)))
         return submitted
@@ -162,12 +162,20 @@ class SlurmExecutor:
             yield self.outcome(by_job[job.job_id], job)
 
     def stop(self) -> None:
-        """Ctrl-C: cancel every submitted job, and say so."""
-        for job in self.jobs:
-            if not job.done():
-                job.cancel(check=False)
-        if self.jobs:
-            print(f"cancelled {len(self.jobs)} submitted jobs: {', '.join(j.job_id for j in self.jobs)}", flush=True)
+        """Ctrl-C: cancel every submitted job (one scancel, bounded in time), and say so."""
+        if not self.jobs:
+            return
+        ids = [job.job_id for job in self.jobs]
+        try:
+            if self.cluster == "slurm":
+                subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+            else:
+                for job in self.jobs:
+                    job.cancel(check=False)
+        except (OSError, subprocess.SubprocessError) as error:
+            print(f"could not cancel jobs {', '.join(ids)}: {error}; cancel them with scancel", flush=True)
+            return
+        print(f"cancelled {len(ids)} submitted jobs: {', '.join(ids)}", flush=True)
 
     # -- results ---------------------------------------------------------------------------
     def outcome(self, cell: Cell, job) -> Outcome:
