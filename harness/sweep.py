@@ -18,7 +18,6 @@ import faulthandler
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -188,9 +187,7 @@ def _summary(outcomes: list, wall: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point. `kill -USR1 <pid>` prints every thread's stack (for a driver that seems stuck)."""
-    if threading.current_thread() is threading.main_thread():
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    """CLI entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_intermixed_args(argv)  # overrides may follow the --options
     if args.list:
@@ -209,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack, for a driver that seems stuck
     code = main()
     if code == 130:  # interrupted: cleanup is done; do not wait on threads of libraries at exit
         sys.stdout.flush()
