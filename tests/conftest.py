@@ -24,3 +24,15 @@ def fresh_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "work"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _sigint_left_alone(request):
+    """Report a test that leaves SIGINT changed in this process (subprocesses would inherit an ignore)."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        print(f"\nwarning: {request.node.nodeid} left SIGINT as {after!r} (was {before!r})")

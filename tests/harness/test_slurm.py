@@ -213,8 +213,11 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_says_so(slurm, tmp_path):
 
     work, env = _long_sweep(tmp_path)
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    # as from a terminal: SIGINT at its default (a process inherits an ignored SIGINT, and the full
+    # suite's process was seen to ignore it, which made this driver deaf to the Ctrl-C below)
     driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "long", "steps=100000", "--executor", "slurm"], cwd=work,
-                              env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                              env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     for line in driver.stdout:
         if line.startswith("submitted"):
             job_id = line.rsplit(":", 1)[1].strip()
