@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +136,23 @@ def _use_cluster_token() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def _private_token() -> None:
+    """Token auth for the private local Ray without touching ~/.ray.
+
+    Ray resolves a loopback node address to the machine's reachable one, so its servers listen
+    beyond 127.0.0.1; a token keeps them closed. Ray >= 2.59 would create ~/.ray/auth_token for a
+    new local instance, after which every Ray client of this user sends a token, also to clusters
+    started without one (which then refuse its actors). A token of this invocation, in the
+    environment its Ray processes inherit, protects the instance and leaves the user's files alone.
+    """
+    if "RAY_AUTH_MODE" in os.environ or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if not os.path.exists(token_file):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
 class RayExecutor:
     """Cells as Ray Tune trials with `tune.with_resources`; results yielded as trials finish."""
 
@@ -155,8 +173,10 @@ class RayExecutor:
         self.on_report = on_report
         self.concurrency = 1
         self.cluster_address = ""
-        if address is not None:
-            _use_cluster_token()  # Ray reads RAY_AUTH_MODE when it is imported: before any import of ray
+        if address is None:  # Ray reads RAY_AUTH_MODE when it is imported: before any import of ray
+            _private_token()
+        else:
+            _use_cluster_token()
 
     def check(self, cells: list[Cell]) -> None:
         """Before Ray starts: the request against this machine (local) ; after connecting: against the cluster."""
