@@ -23,7 +23,8 @@ from torch import Tensor
 
 from sab.measure import NullMeter
 from sab.model import LSTMModel, SABLSTM, lstm_step
-from sab.sparse_attention import attention_weights, sparse_weights
+from sab.replay import replay
+from sab.sparse_attention import attention_weights
 from sab.transformer import CausalTransformer
 
 PositionLoss = Callable[[Tensor, Tensor], Tensor]
@@ -82,11 +83,12 @@ def _cell_loop(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: i
     """Step loop with one backward; detaching every k_trunc steps gives the one-graph TBPTT reference."""
     x = batch.inputs
     scored = set(batch.positions.tolist())
-    gates_x = model.input_gates(x).unbind(1)  # one backward node for all steps, not a zero-padded copy per step
+    cell = model.scaled_cell()
+    gates_x = cell.input_gates(x).unbind(1)  # one backward node for all steps, not a zero-padded copy per step
     h, c = model.zero_state(x)
     outs = []
     for t in range(x.shape[1]):
-        h, c = lstm_step(gates_x[t], h, c, model.w_hh)
+        h, c = lstm_step(gates_x[t], h, c, cell.w_hh)
         if t in scored:
             outs.append(h)
         if k_trunc is not None and (t + 1) % k_trunc == 0:
@@ -128,14 +130,15 @@ def reference_loss(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc:
     """The loss of SAB's forward as one differentiable graph (memories kept with their graph)."""
     x = batch.inputs
     scored = set(batch.positions.tolist())
-    gates_x = model.input_gates(x).unbind(1)
+    cell = model.scaled_cell()
+    gates_x = cell.input_gates(x).unbind(1)
     h, c = model.zero_state(x)
     zero_summary = h
     memories: list[Tensor] = []
     keys: list[Tensor] = []
     features = []
     for t in range(x.shape[1]):
-        provisional, c = lstm_step(gates_x[t], h, c, model.w_hh)
+        provisional, c = lstm_step(gates_x[t], h, c, cell.w_hh)
         if memories:
             bank = torch.stack(memories, dim=1)
             weights = attention_weights(model.scorer(provisional, torch.stack(keys, dim=1)), model.k_top)
@@ -160,126 +163,34 @@ def self_attention(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc:
     return sab_reference(model, batch, loss_fn, None, meter)
 
 
-class _StoredRows(torch.autograd.Function):
-    """Rows of a slot-major store (n, B, D) kept without a graph, at flat indices slot * B + b;
-    the gradient of the read is added into grad_store.
-
-    Routing a read's gradient straight into the buffer (index_add of the gathered rows) saves only
-    the index and never builds a dense (n, B, D) gradient. `anchor` is a dummy input requiring
-    grad, so autograd records the read although the store has no graph.
-    """
-
-    @staticmethod
-    def forward(ctx, anchor: Tensor, store: Tensor, grad_store: Tensor, flat_index: Tensor) -> Tensor:
-        ctx.save_for_backward(flat_index)
-        ctx.grad_store = grad_store
-        width = store.shape[-1]
-        return store.view(-1, width).index_select(0, flat_index.flatten()).view(*flat_index.shape, width)
-
-    @staticmethod
-    def backward(ctx, grad_rows: Tensor):
-        (flat_index,) = ctx.saved_tensors
-        width = grad_rows.shape[-1]
-        ctx.grad_store.view(-1, width).index_add_(0, flat_index.flatten(), grad_rows.reshape(-1, width))
-        return None, None, None, None
-
-
-class _Replay:
-    """Reads of one segment's replay, [m ; W_m m] rows at once: older memories from the pass-1
-    store (credit into G), memories written inside the segment through their live tensors."""
-
-    def __init__(self, store: Tensor, grad_store: Tensor, n_before: int, anchor: Tensor) -> None:
-        self.store, self.grad_store, self.n_before, self.anchor = store, grad_store, n_before, anchor
-        self.batch = store.shape[1]
-        self.offsets = torch.arange(self.batch, device=store.device).unsqueeze(1)
-        self.fresh: list[Tensor] = []  # [h ; W_m h] of memories written in this segment, with their graph
-
-    def write(self, row: Tensor) -> None:
-        """A memory (with its key) written during the replay, read live by the rest of the segment."""
-        self.fresh.append(row)
-
-    def rows(self, slots: Tensor, flat: Tensor) -> Tensor:
-        """[m ; W_m m] rows (B, m, H + A) at memory `slots` (B, m); `flat` = slots * B + b."""
-        if not self.fresh:
-            return _StoredRows.apply(self.anchor, self.store, self.grad_store, flat)
-        live = torch.stack(self.fresh, dim=1)
-        from_live = live.gather(1, (slots - self.n_before).clamp(min=0).unsqueeze(-1).expand(-1, -1, live.shape[-1]))
-        if self.n_before == 0:
-            return from_live
-        from_store = _StoredRows.apply(self.anchor, self.store, self.grad_store, flat.clamp(max=self.n_before * self.batch - 1))
-        return torch.where((slots < self.n_before).unsqueeze(-1), from_store, from_live)
-
-
 def sab(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter=_NULL) -> StepResult:
-    """SAB's gradient in two passes; memory O(L/k_att + L/k_trunc) states plus one segment's graph.
+    """SAB's gradient in two passes; memory O(L/k_att + L/k_trunc) states plus one segment's record.
 
     Pass 1 (no grad) writes memories and their keys, the state entering each segment and the
-    top-(k_top+1) picks of every step. Pass 2 replays segments last to first with the pass-1
-    picks: a memory is only read after it is written, so when its writer segment replays, G holds
-    the credit of every later read of the memory and of its key, and
-    backward(segment loss + Σ <G[slot], [h ; W_m h]> over the slots written here) is exact.
+    top-(k_top+1) picks of every step; the loss of each position needs only its logits, so its
+    gradient is taken there. Pass 2 (`sab.replay`) replays segments last to first with the
+    pass-1 picks, differentiating each by hand: a memory is only read after it is written, so
+    when its writer step replays, G holds the credit of every later read of it and of its key.
     """
-    x, L = batch.inputs, batch.inputs.shape[1]
-    B, H = x.shape[0], model.hidden_size
-    k_top, k_att = model.k_top, model.k_att
-    run = model.first_pass(x, batch.positions, k_trunc=k_trunc, keep_picks=True)
-    held = (run.logits, run.store, run.picks, *(s for start in run.starts for s in start))
+    run = model.first_pass(batch.inputs, batch.positions, k_trunc=k_trunc, keep_picks=True)
+    dlogits = torch.empty_like(run.logits)
+    held = (run.logits, dlogits, run.bank, run.keys, run.picks, *(s for start in run.starts for s in start))
     meter.hold(*held)
-    with torch.no_grad():
-        loss_value = (loss_fn(run.logits, batch.targets).sum() / batch.count).item()
-    grad_store = torch.zeros_like(run.store)
-    meter.hold(grad_store)
-    anchor = x.new_zeros((), requires_grad=True)
-    offsets = torch.arange(B, device=x.device).unsqueeze(1)
-    rows_width = run.store.shape[-1]
-    scored = set(batch.positions.tolist())
-    for segment in reversed(range(len(run.starts))):
-        start, stop = segment * k_trunc, min(L, (segment + 1) * k_trunc)
-        n_before, n_after = start // k_att, stop // k_att
-        columns = _segment_columns(batch.positions, start, stop)
-        if len(columns) == 0 and not grad_store[n_before:n_after].any():
-            continue  # nothing in this segment can receive credit
-        replay = _Replay(run.store, grad_store, n_before, anchor)
-        scorer = model.scorer.prepare()
-        picks = run.picks[start:stop].long() if run.picks is not None else None
-        flat_picks = picks * B + offsets if picks is not None else None
-        h, c = run.starts[segment]
-        gates_x = model.input_gates(x[:, start:stop]).unbind(1)
-        states, summaries = [], []
-        for t in range(start, stop):
-            provisional, c = lstm_step(gates_x[t - start], h, c, model.w_hh)
-            n = t // k_att
-            if n == 0:
-                summary = torch.zeros_like(provisional)
-            else:
-                sparse = k_top is not None and n > k_top
-                if sparse:
-                    slots, flat = picks[t - start], flat_picks[t - start]
-                else:
-                    slots = torch.arange(n, device=x.device).expand(B, n)
-                    flat = slots * B + offsets
-                memories, keys = replay.rows(slots, flat).split([H, rows_width - H], dim=2)
-                scores = scorer(provisional, keys)
-                weights = sparse_weights(scores, keep_threshold=True) if sparse else torch.softmax(scores, dim=1)
-                summary = torch.bmm(weights.unsqueeze(1), memories).squeeze(1)
-            h = provisional + summary
-            if t in scored:
-                states.append(h)
-                summaries.append(summary)
-            if (t + 1) % k_att == 0:
-                replay.write(torch.cat([h, model.scorer.keys(h)], dim=1))
-        roots: list[Tensor] = []
-        grads: list[Tensor | None] = []
-        if states:
-            logits = model.read_out(states, summaries)
-            roots.append(loss_fn(logits, batch.targets[:, columns]).sum() / batch.count)
-            grads.append(None)
-        for slot, row in enumerate(replay.fresh, start=n_before):
-            roots.append(row)
-            grads.append(grad_store[slot].clone())
-        torch.autograd.backward(roots, grads)
-    meter.release(grad_store, *held)
-    return StepResult(loss_value, run.logits)
+    loss = run.logits.new_zeros(())
+    for lo in range(0, run.logits.shape[1], _LOSS_CHUNK):  # a bounded graph: the loss of a chunk of positions at a time
+        piece = run.logits[:, lo : lo + _LOSS_CHUNK].detach().requires_grad_()
+        with torch.enable_grad():
+            chunk = loss_fn(piece, batch.targets[:, lo : lo + _LOSS_CHUNK]).sum() / batch.count
+            chunk.backward()
+        dlogits[:, lo : lo + _LOSS_CHUNK] = piece.grad
+        loss += chunk.detach()
+    replay(model, batch.inputs, batch.positions, dlogits, k_trunc, run, meter)
+    meter.release(*held)
+    return StepResult(loss.item(), run.logits)
+
+
+_LOSS_CHUNK = 64
+"""Positions whose loss gradient the sab engine takes at once."""
 
 
 def transformer(model: CausalTransformer, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None = None, meter=_NULL) -> StepResult:

@@ -2,7 +2,8 @@
 
 Both hold their LSTM weights in a one-layer `nn.LSTM`, so the same weights run as the fused
 kernel (bptt, tbptt) or step by step (bptt_cell, sab, sab_reference). The input projection
-x W_ih + b of every step is one matmul before the loop (as cuDNN does).
+x W_ih + b of every step is one matmul before the loop (as cuDNN does), and the step loops use
+the weights of a `ScaledCell` (one sigmoid per step for all four gates).
 
     model = SABLSTM(input_size=10, hidden_size=64, output_size=10, k_top=3, k_att=5)
     logits, attention = model.infer(x, return_attention=True)   # no_grad inference forward
@@ -13,16 +14,45 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from sab.sparse_attention import Scorer, select_top, sparse_weights
+from sab.sparse_attention import Scorer, sparse_weights, top_scores
 
 
 def lstm_step(gates_x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
-    """One LSTM step from precomputed input gates x W_ihᵀ + b (B, 4H); PyTorch's gate order i, f, g, o."""
-    gates = torch.addmm(gates_x, h, w_hh.t())
-    i, f, g, o = gates.chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    """One LSTM step from the input gates and W_hh of a `ScaledCell` (PyTorch's gate order i, f, g, o).
+
+    With the cell-gate rows doubled, one sigmoid over all 4H pre-activations gives the four gates:
+    tanh z = 2σ(2z) - 1 (a CPU tanh costs ~5x a sigmoid per element).
+    """
+    sig = torch.sigmoid(torch.addmm(gates_x, h, w_hh.t()))
+    i, f, g, o = sig.chunk(4, dim=1)
+    c = torch.addcmul(f * c - i, i, g, value=2)  # f c + i (2σ_g - 1)
+    return o * torch.tanh(c), c
+
+
+def lstm_step_(gates: Tensor, h: Tensor, c: Tensor, w_hh_t: Tensor) -> tuple[Tensor, Tensor]:
+    """`lstm_step` without a graph, overwriting the input gates: no copy of them, and tanh c as
+    2σ(2c) - 1 (the graph-free loops only; through autograd the extra operations cost more)."""
+    sig = gates.addmm_(h, w_hh_t).sigmoid_()
+    i, f, g, o = sig.chunk(4, dim=1)
+    c = torch.addcmul(f * c - i, i, g, value=2)
+    return torch.addcmul(o.neg(), o, torch.mul(c, 2).sigmoid_(), value=2), c  # o (2σ(2c) - 1)
+
+
+@dataclass(frozen=True)
+class ScaledCell:
+    """The LSTM's weights with the cell-gate rows doubled (see `lstm_step`), built once per forward
+    (with the graph back to the parameters when grad is on)."""
+
+    w_ih: Tensor  # (4H, I)
+    bias: Tensor  # (4H,): b_ih + b_hh
+    w_hh: Tensor  # (4H, H)
+    scale: Tensor  # (4H,): 1, 1, 2, 1 per gate block
+
+    def input_gates(self, x: Tensor) -> Tensor:
+        """x W_ihᵀ + b of every step at once, scaled: (B, L, I) -> (B, L, 4H)."""
+        return torch.addmm(self.bias, x.flatten(0, 1), self.w_ih.t()).view(x.shape[0], x.shape[1], -1)
 
 
 class _Recurrent(nn.Module):
@@ -33,17 +63,13 @@ class _Recurrent(nn.Module):
         self.hidden_size = hidden_size
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
 
-    def input_gates(self, x: Tensor) -> Tensor:
-        """x W_ihᵀ + b_ih + b_hh for every step at once: (B, L, I) -> (B, L, 4H)."""
-        lstm = self.lstm
-        return torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, x.flatten(0, 1), lstm.weight_ih_l0.t()).view(
-            x.shape[0], x.shape[1], -1
-        )
-
-    @property
-    def w_hh(self) -> Tensor:
-        """The recurrent weight W_hh (4H, H)."""
-        return self.lstm.weight_hh_l0
+    def scaled_cell(self) -> ScaledCell:
+        """The step loop's weights: one sigmoid per step gives all four gates."""
+        lstm, H = self.lstm, self.hidden_size
+        scale = lstm.weight_hh_l0.new_ones(4 * H)
+        scale[2 * H : 3 * H] = 2
+        column = scale.unsqueeze(1)
+        return ScaledCell(lstm.weight_ih_l0 * column, (lstm.bias_ih_l0 + lstm.bias_hh_l0) * scale, lstm.weight_hh_l0 * column, scale)
 
     def zero_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(h_0, c_0) = 0 for the batch of x."""
@@ -69,26 +95,16 @@ class LSTMModel(_Recurrent):
 class FirstPass:
     """What the no-grad forward leaves behind: logits at the scored positions and the engine's records.
 
-    Memories and their keys share one slot-major store (n_mem, B, H + A): writing a memory is
-    one contiguous row, and pass 2 reads a memory with its key in a single gather.
+    Memories and their keys are batch-major (B, n_mem, ·): memory `slot` of sequence b is row
+    b * n_mem + slot of their flat views, the rows `picks` name.
     """
 
     logits: Tensor  # (B, n_positions, O): readout of [h_t ; s_t] at the scored positions
-    store: Tensor  # (n_mem, B, H + A): [m ; W_m m] of each memory, in write order
-    hidden_size: int
+    bank: Tensor  # (B, n_mem, H): the memories m, in write order
+    keys: Tensor  # (B, n_mem, A): their keys W_m m, cached at write time
     starts: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (h, c) entering each k_trunc segment
-    picks: Tensor | None = None  # (L, B, k_top+1) int32: the pass-1 selection of every step with |M| > k_top
+    picks: Tensor | None = None  # (L, B, k_top+1) int32: the rows picked at every step with |M| > k_top, threshold last
     attention: Tensor | None = None  # (B, L, n_mem): the weights of every step, on request
-
-    @property
-    def bank(self) -> Tensor:
-        """The memories (n_mem, B, H)."""
-        return self.store[..., : self.hidden_size]
-
-    @property
-    def keys(self) -> Tensor:
-        """Their keys W_m m (n_mem, B, A), cached at write time."""
-        return self.store[..., self.hidden_size :]
 
 
 class SABLSTM(_Recurrent):
@@ -143,14 +159,15 @@ class SABLSTM(_Recurrent):
         and the readout run per block of steps, so nothing of size L x H outlives a block.
         """
         B, L, _ = x.shape
-        H, k_top, k_att = self.hidden_size, self.k_top, self.k_att
+        H, A, k_top, k_att = self.hidden_size, self.attn_size, self.k_top, self.k_att
         n_mem = self.n_memories(L)
         scored = _scored_steps(L, positions)
-        store = x.new_zeros(n_mem, B, H + self.attn_size)
-        bank, keys = store[..., :H], store[..., H:]
-        buffer = x.new_empty(n_mem, B, self.attn_size)  # scoring works in place here, step after step
-        batch = torch.arange(B, device=x.device).unsqueeze(1)
+        bank, keys = x.new_zeros(B, n_mem, H), x.new_zeros(B, n_mem, A)
+        flat_bank = bank.view(-1, H)
+        buffer = x.new_empty(B * n_mem * A)  # scoring works in place here, step after step
+        row_of_batch = torch.arange(B, device=x.device).unsqueeze(1) * n_mem
         picks = torch.zeros(L, B, k_top + 1, dtype=torch.int32, device=x.device) if keep_picks and k_top is not None else None
+        pick_rows = picks.unbind(0) if picks is not None else None
         attention = x.new_zeros(B, L, n_mem) if record_attention else None
         starts: list[tuple[Tensor, Tensor]] = []
         states: list[Tensor] = []
@@ -158,44 +175,48 @@ class SABLSTM(_Recurrent):
         logits: list[Tensor] = []
         h, c = self.zero_state(x)
         zero_summary = h
+        cell, scorer = self.scaled_cell(), self.scorer.folded()
+        w_hh_t = cell.w_hh.t()
+        n = 0
         for t in range(L):
             if t % _BLOCK == 0:
-                gates_x = self.input_gates(x[:, t : t + _BLOCK]).unbind(1)
+                gates_x = cell.input_gates(x[:, t : t + _BLOCK]).unbind(1)
                 if states:
                     logits.append(self.read_out(states, summaries))
                     states, summaries = [], []
             if k_trunc is not None and t % k_trunc == 0:
                 starts.append((h, c))
-            provisional, c = lstm_step(gates_x[t % _BLOCK], h, c, self.w_hh)
-            n = t // k_att
+            provisional, c = lstm_step_(gates_x[t % _BLOCK], h, c, w_hh_t)
+            if t // k_att != n:  # a memory was written: the views of the first n grow
+                n = t // k_att
+                written, scratch = keys[:, :n], buffer[: B * n * A].view(B, n, A)
             if n == 0:
                 summary = zero_summary
+            elif k_top is None or n <= k_top:
+                weights = torch.softmax(scorer.scores(provisional, written, scratch), dim=1)
+                summary = torch.bmm(weights.unsqueeze(1), bank[:, :n]).squeeze(1)
+                if attention is not None:
+                    attention[:, t, :n] = weights
             else:
-                scores = self.scorer.slot_major_scores(provisional, keys[:n], buffer[:n])
-                if k_top is None or n <= k_top:
-                    weights = torch.softmax(scores, dim=1)
-                    summary = torch.bmm(weights.unsqueeze(1), bank[:n].transpose(0, 1)).squeeze(1)
-                    if attention is not None:
-                        attention[:, t, :n] = weights
-                else:
-                    top = select_top(scores, k_top)
-                    if picks is not None:
-                        picks[t] = top
-                    weights = sparse_weights(scores.gather(1, top))
-                    summary = torch.bmm(weights.unsqueeze(1), bank[top[:, :k_top], batch]).squeeze(1)
-                    if attention is not None:
-                        attention[:, t].scatter_(1, top[:, :k_top], weights)
+                values, top = top_scores(scorer.scores(provisional, written, scratch), k_top)
+                flat = torch.add(top, row_of_batch)
+                if pick_rows is not None:
+                    pick_rows[t].copy_(flat)
+                weights = sparse_weights(values)
+                summary = F.embedding_bag(flat, flat_bank, per_sample_weights=weights, mode="sum")
+                if attention is not None:
+                    attention[:, t].scatter_(1, top, weights)
             h = provisional + summary
             if scored[t]:
                 states.append(h)
                 summaries.append(summary)
             if (t + 1) % k_att == 0:
                 slot = (t + 1) // k_att - 1
-                bank[slot] = h
-                keys[slot] = self.scorer.keys(h)
+                bank[:, slot] = h
+                keys[:, slot] = self.scorer.keys(h)
         if states:
             logits.append(self.read_out(states, summaries))
-        return FirstPass(torch.cat(logits, dim=1), store, H, starts, picks, attention)
+        return FirstPass(torch.cat(logits, dim=1), bank, keys, starts, picks, attention)
 
     def read_out(self, states: list[Tensor], summaries: list[Tensor]) -> Tensor:
         """Logits (B, n, O) of [h_t ; s_t] for n steps at once (one concatenation, one matmul)."""

@@ -38,32 +38,24 @@ class Scorer(nn.Module):
         doubled_query = self.query(provisional).mul(2).unsqueeze(1)
         return _from_sigmoid(torch.sigmoid(torch.add(doubled_query, keys, alpha=2)), self.weight)
 
-    @torch.no_grad()
-    def slot_major_scores(self, provisional: Tensor, keys: Tensor, buffer: Tensor) -> Tensor:
-        """No-grad scores (B, n) against slot-major keys (n, B, A), computed in place in `buffer`."""
-        doubled_query = self.query(provisional).mul_(2)
-        torch.add(doubled_query, keys, alpha=2, out=buffer)
-        return _from_sigmoid(buffer.sigmoid_(), self.weight).t()
+    def folded(self) -> FoldedScorer:
+        """The scorer's parameters folded for a loop of steps without a graph."""
+        with torch.no_grad():
+            return FoldedScorer(self.query.weight * 2, self.query.bias * 2, (self.weight * 2).unsqueeze(1), -self.weight.sum())
 
 
-    def prepare(self) -> PreparedScorer:
-        """The same scorer with its parameters folded once (keeping their graph) for many steps."""
-        return PreparedScorer(self.query.weight.mul(2), self.query.bias.mul(2), self.weight.mul(2).unsqueeze(1), self.weight.sum().neg())
-
-
-class PreparedScorer:
-    """Scorer parameters folded for a replayed segment: 4 ops per step instead of 9."""
+class FoldedScorer:
+    """d = σ(2(ĥ W_qᵀ + b) + 2k) (2w) - Σw with the constants folded once: 4 operations a step."""
 
     def __init__(self, query_weight2: Tensor, query_bias2: Tensor, weight2: Tensor, minus_weight_sum: Tensor) -> None:
         self.query_weight2, self.query_bias2 = query_weight2, query_bias2
         self.weight2, self.minus_weight_sum = weight2, minus_weight_sum
 
-    def __call__(self, provisional: Tensor, keys: Tensor) -> Tensor:
-        """Scores d (B, m) of ĥ (B, H) against keys (B, m, A), as Scorer.forward."""
+    def scores(self, provisional: Tensor, keys: Tensor, buffer: Tensor) -> Tensor:
+        """Scores (B, n) of ĥ (B, H) against keys (B, n, A), computed in place in `buffer` (B, n, A)."""
         doubled_query = torch.addmm(self.query_bias2, provisional, self.query_weight2.t())
-        sigmoids = torch.sigmoid(torch.add(doubled_query.unsqueeze(1), keys, alpha=2))
-        flat = torch.addmm(self.minus_weight_sum, sigmoids.view(-1, sigmoids.shape[-1]), self.weight2)
-        return flat.view(keys.shape[0], keys.shape[1])
+        torch.add(doubled_query.unsqueeze(1), keys, alpha=2, out=buffer).sigmoid_()
+        return torch.addmm(self.minus_weight_sum, buffer.view(-1, buffer.shape[-1]), self.weight2).view(keys.shape[0], -1)
 
 
 def _from_sigmoid(sigmoids: Tensor, weight: Tensor) -> Tensor:
@@ -76,13 +68,28 @@ def select_top(scores: Tensor, k_top: int) -> Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : k_top + 1]
 
 
-def sparse_weights(top_scores: Tensor, keep_threshold: bool = False) -> Tensor:
-    """Weights (B, k) of the k best from their k+1 sorted scores: relu(d - δ) / (Σ relu(d - δ) + ε), δ = last.
+def top_scores(scores: Tensor, k_top: int) -> tuple[Tensor, Tensor]:
+    """The k_top+1 largest scores (B, k_top+1) and their indices, as `select_top` picks them.
 
-    With `keep_threshold`, (B, k+1) with the threshold's own weight, relu(δ - δ) = 0 exactly (and
-    no gradient through that relu): the same weights, with no slicing of the rows they weigh.
+    `topk` is ~3x cheaper than a sort but orders ties arbitrarily. The order among the kept k does
+    not change their weights or gradients; which memory is the threshold δ does. Where another
+    score equals δ, the stable sort decides instead.
     """
-    kept = torch.relu((top_scores if keep_threshold else top_scores[:, :-1]) - top_scores[:, -1:])
+    if scores.device.type == "cpu":  # the check reads a value back: on a GPU, a sync every step costs more than the sort
+        values, indices = torch.topk(scores, k_top + 1, dim=1)
+        if int((scores == values[:, -1:]).sum()) == scores.shape[0]:  # no score ties the threshold δ
+            return values, indices
+    indices = select_top(scores, k_top)
+    return scores.gather(1, indices), indices
+
+
+def sparse_weights(top_scores: Tensor) -> Tensor:
+    """Weights (B, k+1) from the k+1 sorted best scores: relu(d - δ) / (Σ relu(d - δ) + ε), δ = the last.
+
+    The threshold keeps its own weight, relu(δ - δ) = 0 exactly (with no gradient through that
+    relu), so the k+1 rows it weighs need no slicing.
+    """
+    kept = torch.relu(top_scores - top_scores[:, -1:])
     return kept / (kept.sum(dim=1, keepdim=True) + EPS)
 
 

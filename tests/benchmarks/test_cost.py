@@ -28,8 +28,8 @@ def _peak(rows, method, T):
 def design_slope() -> float:
     """Bytes per step DESIGN's formula gives sab: bank + key cache and their gradient buffer G per
     memory, two boundary states per segment, k_top+1 int32 picks per step, plus the logits it
-    returns (O per step)."""
-    return B * F * (2 * (H + A) / K_ATT + 2 * H / K_TRUNC + (K_TOP + 1) + CLASSES)
+    returns and their loss gradient (O each per step)."""
+    return B * F * (2 * (H + A) / K_ATT + 2 * H / K_TRUNC + (K_TOP + 1) + 2 * CLASSES)
 
 
 def test_sab_memory_at_1000_is_a_small_fraction_of_bptt(rows):

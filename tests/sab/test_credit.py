@@ -188,8 +188,10 @@ def test_lstm_step_matches_torch_lstm_cell():
     cell = torch.nn.LSTMCell(3, 5).double()
     x, h, c = torch.randn(2, 3).double(), torch.randn(2, 5).double(), torch.randn(2, 5).double()
     want_h, want_c = cell(x, (h, c))
-    gates_x = x @ cell.weight_ih.t() + cell.bias_ih + cell.bias_hh
-    got_h, got_c = lstm_step(gates_x, h, c, cell.weight_hh)
+    scale = torch.ones(20, dtype=torch.float64)
+    scale[10:15] = 2  # the cell-gate rows doubled, as ScaledCell does
+    gates_x = (x @ cell.weight_ih.t() + cell.bias_ih + cell.bias_hh) * scale
+    got_h, got_c = lstm_step(gates_x, h, c, cell.weight_hh * scale.unsqueeze(1))
     torch.testing.assert_close(got_h, want_h)
     torch.testing.assert_close(got_c, want_c)
 

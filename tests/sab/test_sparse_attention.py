@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sab.model import SABLSTM
-from sab.sparse_attention import EPS, Scorer, attention_weights, select_top, sparse_weights
+from sab.sparse_attention import EPS, Scorer, attention_weights, select_top, sparse_weights, top_scores
 
 
 def _one_step(k_top: int, n: int, seed: int = 0):
@@ -46,7 +46,20 @@ def test_gathered_weights_equal_dense_weights():
     dense = attention_weights(scores, 3)
     top = select_top(scores, 3)
     sparse = sparse_weights(scores.gather(1, top))
-    torch.testing.assert_close(dense.gather(1, top[:, :3]), sparse)
+    torch.testing.assert_close(dense.gather(1, top), sparse)
+    assert (sparse[:, -1] == 0).all()  # the threshold keeps a weight of exactly 0
+
+
+def test_top_scores_picks_what_the_stable_sort_picks():
+    """topk's fast path and its tie fallback select the same memories, and the same threshold, as the sort."""
+    g = torch.Generator().manual_seed(0)
+    tied = torch.tensor([[1.0, 3.0, 2.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    for scores in (torch.randn(6, 40, generator=g), tied):
+        values, top = top_scores(scores, 2)
+        want = select_top(scores, 2)
+        assert top[:, -1].tolist() == want[:, -1].tolist()  # the threshold δ
+        assert [set(r) for r in top.tolist()] == [set(r) for r in want.tolist()]
+        torch.testing.assert_close(values, scores.gather(1, top))
 
 
 def test_ties_lower_index_wins():
