@@ -1,6 +1,7 @@
 """Figures of the reports: metrics against T, and attention maps (PNG, matplotlib's Agg backend)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -62,7 +63,7 @@ def attention_heatmap(attention: list[list[float]], path: Path, title: str, reca
         ax.text(0, weights.shape[0] - recall_steps - 1, "recall steps below", color="white", fontsize=7, va="bottom")
     for slot in symbol_slots or []:
         ax.axvline(slot, color="red", alpha=0.35, linewidth=3)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, width=48), fontsize=8)  # a cell name and the share: wrapped, never clipped
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -47,6 +47,7 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
     for tag in ("executor", "concurrency", "threads", "device", "device_name", "git_sha", "error_type", "error"):
         rows[tag] = runs.get(f"tags.{tag}")
     rows["run_id"] = runs["run_id"]
+    rows["parent_run_id"] = runs.get("tags.mlflow.parentRunId")
     for column in NUMERIC_PARAMS + ("concurrency", "threads"):
         if column in rows:
             rows[column] = pd.to_numeric(rows[column], errors="coerce")
@@ -191,6 +192,23 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {model}, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM{gpu}, torch {torch.__version__}"
 
 
+def invocation_times(cells: pd.DataFrame, tracker: Tracker) -> list[str]:
+    """The wall time of the invocations whose cells the report shows (their parent runs), for a
+    report rebuilt later by `python -m harness.report`."""
+    minutes = []
+    for parent in cells.get("parent_run_id", pd.Series(dtype=str)).dropna().unique():
+        try:
+            info = tracker.client.get_run(parent).info
+        except Exception:  # a parent from another store, or deleted
+            continue
+        if info.end_time and info.start_time:
+            minutes.append((info.end_time - info.start_time) / 60_000)
+    if not minutes:
+        return []
+    each = ", ".join(f"{m:.1f}" for m in minutes)
+    return [f"Wall time of the {len(minutes)} invocation(s) that ran these cells: {each} min (training and logging; without the report)."]
+
+
 def attention_section(cells: pd.DataFrame, tracker: Tracker, out: Path) -> list[str]:
     """Where SAB looks: recall-step attention on the symbols' memories, and one attention map."""
     if "attention_share" not in cells:
@@ -202,6 +220,7 @@ def attention_section(cells: pd.DataFrame, tracker: Tracker, out: Path) -> list[
              "Share of the recall steps' attention that lands on the memories written while the 10 symbols "
              "were read (the paper's claim: SAB attends to them).", ""]  # fmt: skip
     table = rated.groupby(["method", "seq_len"])["attention_share"].mean().reset_index()
+    table["attention_share"] = table["attention_share"].map(lambda share: f"{share:.3f}")
     lines.append(_markdown(table.rename(columns={"attention_share": "share on symbol memories"})))
     shown = rated[rated["method"] == "sab"].sort_values(["seq_len", "seed"], ascending=[False, True]).head(1)
     for _, row in shown.iterrows():
@@ -258,6 +277,8 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     lines.append(f"Report written on: {machine()}.")
     if wall_seconds is not None:
         lines.append(f"Wall time of the invocation that wrote this report: {wall_seconds / 60:.1f} min.")
+    else:
+        lines += invocation_times(cells, tracker)
     summary = contrast(cells, config.metric)
     if summary:
         lines += ["", "## What SAB buys over BPTT", "", *[f"- {s}" for s in summary]]
