@@ -114,7 +114,6 @@ class _Buffers:
         self.query_factor = new(k, B, m, A)  # C Zw: dq' straight from da
         self.dsummaries, self.dweights, self.dscores, self.dqueries = new(k, B, H), new(k, B, 1, m), new(k, B, 1, m), new(k, B, 1, A)
         self.dgates = new(k, B, 4, H)
-        self.flush_memories, self.flush_keys = new(k, B, m, H), new(k, B, m, A)
         steps = lambda t: t.unbind(0)  # noqa: E731
         self.s_sig = steps(self.sig.view(k, B, 4 * H))
         self.s_i, self.s_f, self.s_g, self.s_o = (steps(v) for v in self.sig.unbind(2))
@@ -269,8 +268,9 @@ class _Segment:
         ctx, b, n, B, m = self.ctx, self.b, hi - lo, self.ctx.B, self.ctx.m
         flat = self.flat[(lo - self.first) * B * m : (hi - self.first) * B * m]
         torch.bmm(b.dweights[lo:hi].view(n * B, 1, m), b.jacobian[lo:hi].view(n * B, m, m), out=b.dscores[lo:hi].view(n * B, 1, m))
-        memories = torch.mul(b.weights[lo:hi].unsqueeze(3), b.dsummaries[lo:hi].unsqueeze(2), out=b.flush_memories[lo:hi])
-        keys = torch.mul(b.dscores[lo:hi].transpose(2, 3), b.attention_factor[lo:hi], out=b.flush_keys[lo:hi])
+        # the chain is past these steps: their rows of memories and keys are free to hold the credit
+        memories = torch.mul(b.weights[lo:hi].unsqueeze(3), b.dsummaries[lo:hi].unsqueeze(2), out=b.memories[lo:hi])
+        keys = torch.mul(b.dscores[lo:hi].transpose(2, 3), b.attention_factor[lo:hi], out=b.keys[lo:hi])
         ctx.grad_memories.view(-1, ctx.H).index_add_(0, flat, memories.view(-1, ctx.H))
         ctx.grad_keys.view(-1, ctx.A).index_add_(0, flat, keys.view(-1, ctx.A))
 
