@@ -54,6 +54,11 @@ class ScaledCell:
         """x W_ihᵀ + b of every step at once, scaled: (B, L, I) -> (B, L, 4H)."""
         return torch.addmm(self.bias, x.flatten(0, 1), self.w_ih.t()).view(x.shape[0], x.shape[1], -1)
 
+    def step_major_gates(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The same, one contiguous (B, 4H) tensor per step: (B, L, I) -> L x (B, 4H)."""
+        steps = x.transpose(0, 1).reshape(-1, x.shape[2])
+        return torch.addmm(self.bias, steps, self.w_ih.t()).view(x.shape[1], x.shape[0], -1).unbind(0)
+
 
 class _Recurrent(nn.Module):
     """The LSTM weights every model shares, with the one-matmul input projection."""
@@ -180,13 +185,14 @@ class SABLSTM(_Recurrent):
         n = 0
         for t in range(L):
             if t % _BLOCK == 0:
-                gates_x = cell.input_gates(x[:, t : t + _BLOCK]).unbind(1)
                 if states:
                     logits.append(self.read_out(states, summaries))
                     states, summaries = [], []
             if k_trunc is not None and t % k_trunc == 0:
                 starts.append((h, c))
-            provisional, c = lstm_step_(gates_x[t % _BLOCK], h, c, w_hh_t)
+            if t % _GATES_BLOCK == 0:
+                gates_x = cell.step_major_gates(x[:, t : t + _GATES_BLOCK])
+            provisional, c = lstm_step_(gates_x[t % _GATES_BLOCK], h, c, w_hh_t)
             if t // k_att != n:  # a memory was written: the views of the first n grow
                 n = t // k_att
                 written, scratch = keys[:, :n], buffer[: B * n * A].view(B, n, A)
@@ -224,7 +230,11 @@ class SABLSTM(_Recurrent):
 
 
 _BLOCK = 64
-"""Steps per block of the no-grad forward's input projection and readout."""
+"""Steps per block of the no-grad forward's readout."""
+
+_GATES_BLOCK = 16
+"""Steps per block of the no-grad forward's input projection: small enough that the block stays
+in cache while its steps add the recurrent product in place."""
 
 
 def _scored_steps(length: int, positions: Tensor | None) -> list[bool]:

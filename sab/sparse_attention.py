@@ -75,10 +75,12 @@ def top_scores(scores: Tensor, k_top: int) -> tuple[Tensor, Tensor]:
     not change their weights or gradients; which memory is the threshold δ does. Where another
     score equals δ, the stable sort decides instead.
     """
+    want, n = k_top + 1, scores.shape[1]
     if scores.device.type == "cpu":  # the check reads a value back: on a GPU, a sync every step costs more than the sort
-        values, indices = torch.topk(scores, k_top + 1, dim=1)
-        if int((scores == values[:, -1:]).sum()) == scores.shape[0]:  # no score ties the threshold δ
-            return values, indices
+        values, indices = torch.topk(scores, min(want + 1, n), dim=1)  # one more: a tie across the cut shows
+        edge = values[:, want - 2 :]  # the last kept, δ, and the first left out
+        if not bool((edge[:, 1:] == edge[:, :-1]).any()):  # no score ties the threshold δ
+            return values[:, :want], indices[:, :want]
     indices = select_top(scores, k_top)
     return scores.gather(1, indices), indices
 
