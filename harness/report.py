@@ -196,7 +196,7 @@ def invocation_times(cells: pd.DataFrame, tracker: Tracker) -> list[str]:
     """The wall time of the invocations whose cells the report shows (their parent runs), for a
     report rebuilt later by `python -m harness.report`."""
     minutes = []
-    for parent in cells.get("parent_run_id", pd.Series(dtype=str)).dropna().unique():
+    for parent in cells["parent_run_id"].dropna().unique():
         try:
             info = tracker.client.get_run(parent).info
         except Exception:  # a parent from another store, or deleted

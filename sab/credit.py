@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sab.measure import NullMeter
-from sab.model import LSTMModel, SABLSTM, lstm_step
+from sab.model import LSTMModel, SABLSTM, lstm_step, segment_columns
 from sab.replay import replay
 from sab.sparse_attention import attention_weights
 from sab.transformer import CausalTransformer
@@ -54,11 +54,6 @@ class StepResult:
 
 
 _NULL = NullMeter()
-
-
-def _segment_columns(positions: Tensor, start: int, stop: int) -> Tensor:
-    """Columns of `positions` that fall in steps [start, stop)."""
-    return torch.nonzero((positions >= start) & (positions < stop)).flatten()
 
 
 def _loss(model, features: Tensor, batch: Batch, columns: Tensor | slice, loss_fn: PositionLoss) -> tuple[Tensor, Tensor]:
@@ -105,7 +100,7 @@ def tbptt(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int, m
     total, all_logits = 0.0, []
     for start in range(0, L, k_trunc):
         stop = min(L, start + k_trunc)
-        columns = _segment_columns(batch.positions, start, stop)
+        columns = segment_columns(batch.positions, start, stop)
         if len(columns) == 0:
             with torch.no_grad():
                 _, state = model.lstm(x[:, start:stop], state)

@@ -31,13 +31,17 @@ def lstm_step(gates_x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tens
     return o * torch.tanh(c), c
 
 
-def lstm_step_(gates: Tensor, h: Tensor, c: Tensor, w_hh_t: Tensor) -> tuple[Tensor, Tensor]:
-    """`lstm_step` without a graph, overwriting the input gates: no copy of them, and tanh c as
-    2σ(2c) - 1 (the graph-free loops only; through autograd the extra operations cost more)."""
+def lstm_step_(gates: Tensor, h: Tensor, c: Tensor, w_hh_t: Tensor, out: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """`lstm_step` without a graph, overwriting the input gates with their σ: no copy of them, and
+    tanh c as 2σ(2c) - 1 (the graph-free loops only; through autograd the extra operations cost more).
+
+    `out` = (h, c, σ(2c)) buffers to write into, for a caller that keeps them (the replay).
+    """
+    h_out, c_out, sig_2c_out = out if out is not None else (None, None, None)
     sig = gates.addmm_(h, w_hh_t).sigmoid_()
     i, f, g, o = sig.chunk(4, dim=1)
-    c = torch.addcmul(f * c - i, i, g, value=2)
-    return torch.addcmul(o.neg(), o, torch.mul(c, 2).sigmoid_(), value=2), c  # o (2σ(2c) - 1)
+    c = torch.addcmul(f * c - i, i, g, value=2, out=c_out)  # f c + i (2σ_g - 1)
+    return torch.addcmul(o.neg(), o, torch.mul(c, 2, out=sig_2c_out).sigmoid_(), value=2, out=h_out), c  # o (2σ(2c) - 1)
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,11 @@ _BLOCK = 64
 _GATES_BLOCK = 16
 """Steps per block of the no-grad forward's input projection: small enough that the block stays
 in cache while its steps add the recurrent product in place."""
+
+
+def segment_columns(positions: Tensor, start: int, stop: int) -> Tensor:
+    """Columns of `positions` that fall in steps [start, stop)."""
+    return torch.nonzero((positions >= start) & (positions < stop)).flatten()
 
 
 def _scored_steps(length: int, positions: Tensor | None) -> list[bool]:

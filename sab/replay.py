@@ -30,25 +30,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sab.model import FirstPass, SABLSTM
+from sab.model import FirstPass, SABLSTM, lstm_step_, segment_columns
 from sab.sparse_attention import EPS
 
 
 class _Context:
     """What every segment shares: folded weights, the pass-1 record, G and the parameter gradients."""
 
-    def __init__(self, model: SABLSTM, inputs: Tensor, run: FirstPass, dlogits: Tensor, k_trunc: int) -> None:
+    def __init__(self, model: SABLSTM, inputs: Tensor, run: FirstPass, dlogits: Tensor) -> None:
         if model.k_top is None:
             raise ValueError("the sab engine needs k_top >= 1; dense attention is the self_attention method")
         self.inputs, self.run, self.dlogits = inputs, run, dlogits
         self.B, self.L = inputs.shape[0], inputs.shape[1]
         self.H, self.A, self.m, self.n_mem = model.hidden_size, model.attn_size, model.k_top + 1, run.bank.shape[1]
-        self.k_top, self.k_att, self.k_trunc = model.k_top, model.k_att, k_trunc
-        self.cell = model.scaled_cell()
-        scorer, folded = model.scorer, model.scorer.folded()
-        self.q_weight, self.q_weight2_t, self.q_bias2 = scorer.query.weight, folded.query_weight2.t(), folded.query_bias2
-        self.w2, self.minus_w_sum, self.w4 = folded.weight2, folded.minus_weight_sum, scorer.weight * 4
+        self.k_top, self.k_att = model.k_top, model.k_att
+        self.cell, scorer = model.scaled_cell(), model.scorer
+        self.scorer, self.q_weight, self.w4 = scorer.folded(), scorer.query.weight, scorer.weight * 4
         self.w_m, self.w_out = scorer.key.weight, model.readout.weight
+        self.row_of_batch = torch.arange(self.B, device=inputs.device).unsqueeze(1) * self.n_mem  # flat row of slot 0
         self.grad_memories, self.grad_keys = torch.zeros_like(run.bank), torch.zeros_like(run.keys)  # G_M, G_K
         self.eye = torch.eye(self.m, dtype=inputs.dtype, device=inputs.device)
         lstm = model.lstm
@@ -79,12 +78,12 @@ class _Context:
 def replay(model: SABLSTM, inputs: Tensor, positions: Tensor, dlogits: Tensor, k_trunc: int, run: FirstPass, meter) -> None:
     """Fill `.grad` with SAB's gradient from the pass-1 record `run` and the loss gradient `dlogits`
     (B, n_positions, O) at the scored positions."""
-    ctx = _Context(model, inputs, run, dlogits, k_trunc)
+    ctx = _Context(model, inputs, run, dlogits)
     buffers = _Buffers(ctx, min(k_trunc, ctx.L))
     meter.hold(ctx.grad_memories, ctx.grad_keys, *buffers.tensors())
     for segment in reversed(range(len(run.starts))):
         start, stop = segment * k_trunc, min(ctx.L, (segment + 1) * k_trunc)
-        columns = torch.nonzero((positions >= start) & (positions < stop)).flatten()
+        columns = segment_columns(positions, start, stop)
         if len(columns) == 0 and not ctx.credited(start, stop):
             continue  # nothing in this segment can receive credit
         replayed = _Segment(ctx, buffers, start, stop)
@@ -116,10 +115,10 @@ class _Buffers:
         self.dgates = new(k, B, 4, H)
         steps = lambda t: t.unbind(0)  # noqa: E731
         self.s_sig = steps(self.sig.view(k, B, 4 * H))
-        self.s_i, self.s_f, self.s_g, self.s_o = (steps(v) for v in self.sig.unbind(2))
+        self.s_f = steps(self.sig[:, :, 1])  # the forget gate, for dc_{t-1} = dc f
         self.s_cells, self.s_sig_2c, self.s_provisional, self.s_hs = steps(self.cells), steps(self.sig_2c), steps(self.provisional), steps(self.hs)
         self.s_summaries, self.s_summary_rows = steps(self.summaries), steps(self.summaries.unsqueeze(2))
-        self.s_memories, self.s_keys, self.s_z, self.s_z_flat = steps(self.memories), steps(self.keys), steps(self.z), steps(self.z.view(k, B * m, A))
+        self.s_memories, self.s_keys, self.s_z = steps(self.memories), steps(self.keys), steps(self.z)
         self.s_memory_columns = steps(self.memories.transpose(2, 3))  # (B, H, m): <ds, M_j> as a row times columns (a bmm with N=1 is ~3x slower)
         self.s_kept, self.s_norm, self.s_weights, self.s_weight_rows = steps(self.kept), steps(self.norm), steps(self.weights), steps(self.weights.unsqueeze(2))
         self.s_query_factor = steps(self.query_factor)
@@ -151,7 +150,7 @@ class _Segment:
             n = (start + j) // ctx.k_att
             if n > ctx.k_top:
                 break
-            flat[j] = torch.arange(B, device=flat.device).unsqueeze(1) * ctx.n_mem + slots.clamp(max=n - 1)
+            flat[j] = ctx.row_of_batch + slots.clamp(max=n - 1)
             self.pads[j] = torch.where(slots < n, 0.0, float("-inf")).to(ctx.inputs.dtype)
             self.softmax_end = j + 1
         self.flat = flat[self.first :].flatten()
@@ -165,19 +164,13 @@ class _Segment:
         w_hh_t = ctx.cell.w_hh.t()
         b.s_hs[0].copy_(h)
         b.s_cells[0].copy_(c)
-        for j in range(self.k):
-            b.s_sig[j].addmm_(h, w_hh_t).sigmoid_()
-            i, o = b.s_i[j], b.s_o[j]
-            c = torch.addcmul(torch.sub(b.s_f[j] * c, i), i, b.s_g[j], value=2, out=b.s_cells[j + 1])  # f c + i (2σ_g - 1)
-            sig_2c = torch.mul(c, 2, out=b.s_sig_2c[j]).sigmoid_()
-            provisional = torch.addcmul(o.neg(), o, sig_2c, value=2, out=b.s_provisional[j])  # o tanh c
+        for j in range(self.k):  # the input gates in b.sig become their σ
+            provisional, c = lstm_step_(b.s_sig[j], h, c, w_hh_t, out=(b.s_provisional[j], b.s_cells[j + 1], b.s_sig_2c[j]))
             if j < self.first:
                 h = b.s_hs[j + 1].copy_(provisional)
                 b.s_summaries[j].zero_()
                 continue
-            query = torch.addmm(ctx.q_bias2, provisional, ctx.q_weight2_t).unsqueeze(1)
-            torch.add(query, b.s_keys[j], alpha=2, out=b.s_z[j]).sigmoid_()
-            scores = torch.addmm(ctx.minus_w_sum, b.s_z_flat[j], ctx.w2).view(ctx.B, ctx.m)
+            scores = ctx.scorer.scores(provisional, b.s_keys[j], b.s_z[j])  # b.z keeps Z = σ(q + 2K)
             if j < self.softmax_end:
                 b.s_weights[j].copy_(torch.softmax(scores + self.pads[j], dim=1))
             else:

@@ -125,14 +125,16 @@ class _Collector:
             self.sink.put(self.make(cell, failure, 0.0))
 
 
+def _token_at_hand() -> bool:
+    """A Ray auth token in RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token."""
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.exists(token_file)
+
+
 def _use_cluster_token() -> None:
     """Ray >= 2.59 clusters started with `ray start` want a token, while a client connecting by
-    address defaults to no auth. When a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
-    ~/.ray/auth_token), send it."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file):
+    address defaults to no auth. When a token is at hand, send it."""
+    if "RAY_AUTH_MODE" not in os.environ and _token_at_hand():
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
@@ -145,10 +147,9 @@ def _private_token() -> None:
     started without one (which then refuse its actors). A token of this invocation, in the
     environment its Ray processes inherit, protects the instance and leaves the user's files alone.
     """
-    if "RAY_AUTH_MODE" in os.environ or os.environ.get("RAY_AUTH_TOKEN"):
+    if "RAY_AUTH_MODE" in os.environ:
         return
-    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    if not os.path.exists(token_file):
+    if not _token_at_hand():
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     os.environ["RAY_AUTH_MODE"] = "token"
 
