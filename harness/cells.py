@@ -24,7 +24,7 @@ from harness.config import SweepConfig, SweepError
 SCHEMA_VERSION = 1
 """Bumped by hand when what a cell records changes shape."""
 
-METHOD_PARAMS = ("k_trunc", "k_top", "k_att", "attn_size")
+METHOD_PARAMS = ("k_trunc", "k_top", "k_att", "attn_size", "scorer_init")
 EXECUTION_DETAILS = ("threads", "weights_path", "time_limit_s", "checkpoint_path", "checkpoint_every", "data_dir")
 _DEFAULTS = TrialSpec()
 

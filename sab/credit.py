@@ -213,15 +213,15 @@ USES = {
     "bptt": (),
     "bptt_cell": (),
     "tbptt": ("k_trunc",),
-    "self_attention": ("attn_size",),
-    "sab_reference": ("k_trunc", "k_top", "k_att", "attn_size"),
-    "sab": ("k_trunc", "k_top", "k_att", "attn_size"),
+    "self_attention": ("attn_size", "scorer_init"),
+    "sab_reference": ("k_trunc", "k_top", "k_att", "attn_size", "scorer_init"),
+    "sab": ("k_trunc", "k_top", "k_att", "attn_size", "scorer_init"),
     "transformer": (),
 }
 """The method parameters each engine reads; the others do not change its result."""
 
 
-def build_model(method: str, input_size: int, hidden_size: int, output_size: int, k_top: int = 5, k_att: int = 10, attn_size: int | None = None):
+def build_model(method: str, input_size: int, hidden_size: int, output_size: int, k_top: int = 5, k_att: int = 10, attn_size: int | None = None, scorer_init: str = "uniform"):
     """The model an engine trains: plain LSTM, dense attention LSTM, or SAB-LSTM."""
     if method not in ENGINES:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
@@ -230,5 +230,5 @@ def build_model(method: str, input_size: int, hidden_size: int, output_size: int
     if method == "transformer":
         return CausalTransformer(input_size, hidden_size, output_size)
     if method == "self_attention":
-        return SABLSTM(input_size, hidden_size, output_size, k_top=None, k_att=1, attn_size=attn_size)
-    return SABLSTM(input_size, hidden_size, output_size, k_top=k_top, k_att=k_att, attn_size=attn_size)
+        return SABLSTM(input_size, hidden_size, output_size, k_top=None, k_att=1, attn_size=attn_size, scorer_init=scorer_init)
+    return SABLSTM(input_size, hidden_size, output_size, k_top=k_top, k_att=k_att, attn_size=attn_size, scorer_init=scorer_init)

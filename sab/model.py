@@ -130,6 +130,7 @@ class SABLSTM(_Recurrent):
         k_top: int | None = 5,
         k_att: int = 10,
         attn_size: int | None = None,
+        scorer_init: str = "uniform",
     ) -> None:
         super().__init__(input_size, hidden_size)
         if k_top is not None and k_top < 1:
@@ -139,7 +140,7 @@ class SABLSTM(_Recurrent):
         self.k_top = k_top
         self.k_att = k_att
         self.attn_size = attn_size or hidden_size
-        self.scorer = Scorer(hidden_size, self.attn_size)
+        self.scorer = Scorer(hidden_size, self.attn_size, scorer_init)
         self.readout = nn.Linear(2 * hidden_size, output_size)
 
     def n_memories(self, length: int) -> int:

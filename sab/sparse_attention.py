@@ -15,6 +15,11 @@ EPS = 1e-7
 """ε of the sparsifier's normaliser (the authors' literal `10e-8`)."""
 
 
+SCORER_INITS = ("uniform", "zero")
+"""Scorer initialisations: `uniform` draws w from U(±A^-1/2); `zero` sets w = 0 and b = 0, so every
+score starts equal (the choice and its study: sweeps/sab_defaults.yaml)."""
+
+
 class Scorer(nn.Module):
     """MLP scorer on [ĥ; m]: it depends on the query, unlike the authors' separable tanh([ĥ;m])·w.
 
@@ -23,11 +28,17 @@ class Scorer(nn.Module):
     step is the largest cost of SAB's no-grad pass.
     """
 
-    def __init__(self, hidden_size: int, attn_size: int) -> None:
+    def __init__(self, hidden_size: int, attn_size: int, init: str = "uniform") -> None:
         super().__init__()
+        if init not in SCORER_INITS:
+            raise ValueError(f"unknown scorer_init {init!r}; valid: {', '.join(SCORER_INITS)}")
         self.query = nn.Linear(hidden_size, attn_size)  # W_q and b
         self.key = nn.Linear(hidden_size, attn_size, bias=False)  # W_m: cached per memory at write time
         self.weight = nn.Parameter(torch.empty(attn_size).uniform_(-attn_size**-0.5, attn_size**-0.5))  # w
+        if init == "zero":  # every score equal: attention starts uniform (softmax) or empty (sparsifier)
+            with torch.no_grad():
+                self.weight.zero_()
+                self.query.bias.zero_()
 
     def keys(self, memories: Tensor) -> Tensor:
         """W_m m for memories (..., H) -> (..., A); computed once per memory when it is written."""

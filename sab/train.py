@@ -24,6 +24,7 @@ import torch
 from sab.checkpoint import Checkpointer, restore, training_state
 from sab.credit import ENGINES, METHODS, build_model
 from sab.model import SABLSTM
+from sab.sparse_attention import SCORER_INITS
 from sab.measure import MemoryMeter, StepTimer, cuda_peak, rss_peak_bytes, rss_peak_reset
 from sab.tasks import TASKS, Task, make_task
 
@@ -51,6 +52,7 @@ class TrialSpec:
     seq_len: int = field(default=30, metadata=_help("task length parameter T (copy: delay; L = T + 20)"))
     hidden_size: int = field(default=64, metadata=_help("LSTM hidden units H"))
     attn_size: int | None = field(default=None, metadata=_help("scorer width A (default H)"))
+    scorer_init: str = field(default="uniform", metadata=_help("scorer initialisation: uniform (w ~ U(±A^-1/2)) or zero (w = 0, b = 0: uniform attention)"))
     k_trunc: int = field(default=5, metadata=_help("local backprop window: the state is detached every k_trunc steps"))
     k_top: int = field(default=3, metadata=_help("memories attended per step (sab)"))
     k_att: int = field(default=5, metadata=_help("a memory is written every k_att steps (sab)"))
@@ -61,6 +63,7 @@ class TrialSpec:
     steps: int = field(default=1000, metadata=_help("training steps (one batch each)"))
     eval_interval: int = field(default=200, metadata=_help("steps between validation evaluations"))
     eval_batches: int = field(default=4, metadata=_help("batches of the validation and test sets"))
+    solved_patience: int = field(default=0, metadata=_help("stop once validation accuracy is 1.0 at this many evaluations in a row (0: never)"))
     seed: int = field(default=0, metadata=_help("seed of initialisation and training data"))
     device: str = field(default="cpu", metadata=_help("cpu, cuda, cuda:N or auto (CUDA when present)"))
     threads: int = field(default=1, metadata=_help("torch CPU threads of this trial"))
@@ -80,6 +83,10 @@ class TrialSpec:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.method not in ENGINES:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.scorer_init not in SCORER_INITS:
+            raise ValueError(f"unknown scorer_init {self.scorer_init!r}; valid: {', '.join(SCORER_INITS)}")
+        if not isinstance(self.solved_patience, int) or self.solved_patience < 0:
+            raise ValueError(f"solved_patience must be an integer >= 0, got {self.solved_patience!r}")
         for name in ("seq_len", "hidden_size", "k_trunc", "k_top", "k_att", "batch_size", "steps", "eval_interval", "eval_batches", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -109,6 +116,7 @@ class TrialResult:
     metrics: dict[str, float] = field(default_factory=dict)
     curve: list[dict[str, float]] = field(default_factory=list)
     steps_done: int = 0
+    stop_reason: str = ""  # steps (the budget ran out), solved (validation accuracy 1.0, see solved_patience), or the failure
     train_seconds: float = 0.0
     seconds_per_step: float = float("nan")
     tokens_per_second: float = float("nan")
@@ -185,7 +193,7 @@ def evaluate(model, task: Task, batches: list, device: torch.device, dtype: torc
 def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype):
     """The seeded model of a spec, on its device and dtype."""
     torch.manual_seed(spec.seed)
-    model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size)
+    model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size, spec.scorer_init)
     return model.to(device=device, dtype=dtype)
 
 
@@ -244,6 +252,9 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     point.update({f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()})
                     result.curve.append(point)
                     report(point)
+                    if _solved(result.curve, spec.solved_patience):
+                        result.stop_reason = "solved"
+                        break
                 if over_time:
                     result.status = "timeout"
                     result.error = f"time limit of {spec.time_limit_s} s reached after {step} of {spec.steps} steps"
@@ -254,6 +265,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     checkpointer.save(training_state(model, optimizer, generator, step, time.monotonic() - started, {"timer": timing, "result": partial}))
     finally:
         checkpointer.restore_handlers()
+    result.stop_reason = result.stop_reason or ("steps" if result.status == "ok" else result.status)
     result.peak_rss_bytes = max(result.peak_rss_bytes, rss_peak_bytes() - rss_before)
     result.cuda_max_allocated_bytes = cuda.get("cuda_max_allocated_bytes", 0)
     result.cuda_max_reserved_bytes = cuda.get("cuda_max_reserved_bytes", 0)
@@ -264,6 +276,12 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     if spec.weights_path:
         save_weights(model, spec, spec.weights_path)
     checkpointer.remove()
+
+
+def _solved(curve: list[dict[str, float]], patience: int) -> bool:
+    """Validation accuracy has been 1.0 at the last `patience` evaluations (never, for patience 0)."""
+    recent = curve[-patience:] if patience > 0 else []
+    return len(recent) == patience > 0 and all(point.get("val_accuracy", 0.0) >= 1.0 for point in recent)
 
 
 _RESUMED_FIELDS = ("curve", "peak_saved_bytes", "peak_held_bytes", "peak_bytes", "peak_rss_bytes")
@@ -340,7 +358,7 @@ def load_weights(path: str, device: str = "cpu") -> tuple[torch.nn.Module, Trial
     values["transfer_lengths"] = tuple(values["transfer_lengths"])
     spec = TrialSpec(**values)
     task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
-    model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size)
+    model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size, spec.scorer_init)
     model.load_state_dict(saved["state_dict"])
     return model.to(device=device, dtype=getattr(torch, spec.dtype)), spec
 
