@@ -10,6 +10,7 @@ reported. Sequences are copy-like: L = T steps, 10 classes, a loss at every step
 predicted bytes exceed the free memory is skipped and marked. Writes results/cost/cost.csv.
 Compare engines only as ratios from one run on one machine.
 """
+
 from __future__ import annotations
 
 import argparse

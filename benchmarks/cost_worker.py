@@ -5,6 +5,7 @@ with its memory figures, then answers each `{"time": n}` with the seconds of n t
 and exits on `{"quit": true}` or end of input. Keeping one process per configuration gives each
 its own RSS figure and lets the driver interleave timing repetitions across engines.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -45,9 +46,9 @@ class Worker:
         torch.manual_seed(0)
         self.config = config
         self.device = torch.device(config["device"])
-        self.model = build_model(
-            config["method"], CLASSES, config["hidden_size"], CLASSES, config["k_top"], config["k_att"]
-        ).to(self.device)
+        self.model = build_model(config["method"], CLASSES, config["hidden_size"], CLASSES, config["k_top"], config["k_att"]).to(
+            self.device
+        )
         self.batch = make_batch(config["batch_size"], config["seq_len"], self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.engine = ENGINES[config["method"]]

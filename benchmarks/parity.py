@@ -5,6 +5,7 @@
 Prints one line per case: the largest relative gradient difference over the parameters.
 Needs torch only (a GPU machine may have nothing else).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,11 @@ def relative_gap(device: torch.device, dtype: torch.dtype, L: int, k_trunc: int,
     torch.manual_seed(0)
     model = build_model("sab", 10, 32, 10, k_top=k_top, k_att=k_att).to(device=device, dtype=dtype)
     g = torch.Generator().manual_seed(1)
-    batch = Batch(torch.randn(4, L, 10, generator=g, dtype=dtype).to(device), torch.randint(0, 10, (4, L), generator=g).to(device), torch.arange(L, device=device))
+    batch = Batch(
+        torch.randn(4, L, 10, generator=g, dtype=dtype).to(device),
+        torch.randint(0, 10, (4, L), generator=g).to(device),
+        torch.arange(L, device=device),
+    )
     grads = []
     for engine in ("sab_reference", "sab"):
         model.zero_grad(set_to_none=True)

@@ -5,6 +5,7 @@ method ignores (k_top for bptt, ...) and without execution details (threads, wei
 time cap), plus the task, budget, METHOD_VERSION and SCHEMA_VERSION. The git sha is a tag of
 the run, not part of the id: a rerun after an unrelated commit still finds its cells done.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,10 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
+from harness.config import SweepConfig, SweepError
 from sab import METHOD_VERSION
 from sab.credit import USES
 from sab.train import TrialSpec
-
-from harness.config import SweepConfig, SweepError
 
 SCHEMA_VERSION = 1
 """Bumped by hand when what a cell records changes shape."""

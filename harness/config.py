@@ -7,6 +7,7 @@ Hydra's own; a bare parameter name is short for `grid.NAME` when the sweep has t
 else for `fixed.NAME`. Precedence: the user's overrides > the chosen budget > the file.
 Every user-caused error is a `SweepError` with one line: what was wrong, the value, what is allowed.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,10 +21,35 @@ import yaml
 from sab.train import TrialSpec
 
 DEFAULT_BUDGET = "quick"
-TOP_LEVEL_KEYS = ("name", "description", "budget", "fixed", "grid", "union", "exclude", "budgets", "resources", "paper", "slurm", "metric", "notes")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "budget",
+    "fixed",
+    "grid",
+    "union",
+    "exclude",
+    "budgets",
+    "resources",
+    "paper",
+    "slurm",
+    "metric",
+    "notes",
+)
 LOWER_IS_BETTER = ("bpc", "loss", "mse")
 SPEC_FIELDS = tuple(f.name for f in fields(TrialSpec))
-SLURM_KEYS = ("partition", "account", "qos", "gpus_per_node", "cpus_per_task", "mem_gb", "constraint", "timeout_min", "array_parallelism", "additional")
+SLURM_KEYS = (
+    "partition",
+    "account",
+    "qos",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "constraint",
+    "timeout_min",
+    "array_parallelism",
+    "additional",
+)
 
 
 class SweepError(ValueError):
@@ -119,7 +145,9 @@ def _expand_overrides(overrides: list[str], raw: dict) -> tuple[list[str], set[s
             user_keys.add(key)
             continue
         if key not in SPEC_FIELDS:
-            raise SweepError(f"unknown parameter {key!r} in override {text!r}; valid: {', '.join(SPEC_FIELDS)} (or budget=, grid.*, fixed.*)")
+            raise SweepError(
+                f"unknown parameter {key!r} in override {text!r}; valid: {', '.join(SPEC_FIELDS)} (or budget=, grid.*, fixed.*)"
+            )
         target = f"grid.{key}" if key in grid_axes else f"fixed.{key}"
         value = text.split("=", 1)[1] if "=" in text else ""
         hydra_overrides.append(f"++{target}={value}")

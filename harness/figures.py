@@ -1,4 +1,5 @@
 """Figures of the reports: metrics against T, and attention maps (PNG, matplotlib's Agg backend)."""
+
 from __future__ import annotations
 
 import textwrap
@@ -23,7 +24,11 @@ def metric_plots(cells: pd.DataFrame, out: Path) -> list[Path]:
     plt = _pyplot()
     made = []
     ok = cells[cells["status"] == "ok"]
-    specs = [("accuracy", "accuracy", ok, 1.0), ("peak_memory", "peak_bytes", ok, 1 / MiB), ("seconds_per_step", "seconds_per_step", ok[ok["concurrency"] == 1], 1.0)]
+    specs = [
+        ("accuracy", "accuracy", ok, 1.0),
+        ("peak_memory", "peak_bytes", ok, 1 / MiB),
+        ("seconds_per_step", "seconds_per_step", ok[ok["concurrency"] == 1], 1.0),
+    ]
     for name, column, rows, scale in specs:
         if rows.empty or column not in rows:
             continue
@@ -32,7 +37,9 @@ def metric_plots(cells: pd.DataFrame, out: Path) -> list[Path]:
             series = group.groupby("seq_len")[column].agg(["mean", "std"]).sort_index() * scale
             ax.errorbar(series.index, series["mean"], yerr=series["std"].fillna(0), marker="o", capsize=3, label=method)
         ax.set_xlabel("T (seq_len)")
-        ax.set_ylabel({"accuracy": "test accuracy", "peak_memory": "peak training MiB", "seconds_per_step": "s / step (concurrency 1)"}[name])
+        ax.set_ylabel(
+            {"accuracy": "test accuracy", "peak_memory": "peak training MiB", "seconds_per_step": "s / step (concurrency 1)"}[name]
+        )
         if name != "accuracy":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -45,9 +52,9 @@ def metric_plots(cells: pd.DataFrame, out: Path) -> list[Path]:
     return made
 
 
-
-
-def attention_heatmap(attention: list[list[float]], path: Path, title: str, recall_steps: int = 0, symbol_slots: list[int] | None = None) -> Path:
+def attention_heatmap(
+    attention: list[list[float]], path: Path, title: str, recall_steps: int = 0, symbol_slots: list[int] | None = None
+) -> Path:
     """Attention weights (step x memory slot) of one sequence; recall steps and symbol slots marked."""
     import numpy as np
 

@@ -4,6 +4,7 @@ The child can crash, be killed or blow its memory without taking the caller (the
 executor, a Ray actor or a Slurm job) with it: whatever happens comes back as a TrialResult
 with a status. Progress reports of the trial reach the caller as they happen.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from sab.train import TrialResult, TrialSpec, run_trial
+
 
 def hard_limit_s(spec: TrialSpec) -> float | None:
     """When to kill a trial that does not stop itself at its time cap (it normally does, between

@@ -1,4 +1,5 @@
 """Which driver holds a cell, and whether it is still alive (so a dead driver's claims can be reaped)."""
+
 from __future__ import annotations
 
 import os

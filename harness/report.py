@@ -6,6 +6,7 @@ One row per cell (its latest run with a result status, else its latest failure).
 mean ± std over seeds of the ok cells; where the sweep has an lr axis, each method's lr is picked
 on validation accuracy and its test accuracy shown. Time tables use concurrency-1 rows only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from sab.train import FAILURE_STATUSES, RESULT_STATUSES
-
 from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
 from harness.figures import metric_plots
 from harness.tracking import Tracker
+from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
 GROUP_CANDIDATES = ("task", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps")
 NUMERIC_PARAMS = ("seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps", "seed", "lr")
@@ -41,9 +41,9 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
     rows = pd.DataFrame({"cell_id": runs["tags.cell_id"], "name": runs["tags.mlflow.runName"], "status": runs["tags.status"]})
     for column in runs.columns:
         if column.startswith("params."):
-            rows[column[len("params."):]] = runs[column]
+            rows[column[len("params.") :]] = runs[column]
         elif column.startswith("metrics.") and not column.startswith("metrics.curve_"):
-            rows[column[len("metrics."):]] = runs[column]
+            rows[column[len("metrics.") :]] = runs[column]
     for tag in ("executor", "concurrency", "threads", "device", "device_name", "git_sha", "error_type", "error"):
         rows[tag] = runs.get(f"tags.{tag}")
     rows["run_id"] = runs["run_id"]
@@ -302,7 +302,15 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     lines += attention_section(cells, tracker, out)
     if config.notes:
         lines += ["", "## Notes", "", config.notes]
-    lines += ["", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in made], "", "Per-cell rows: `cells.csv`; main table: `main_table.csv`.", ""]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in made],
+        "",
+        "Per-cell rows: `cells.csv`; main table: `main_table.csv`.",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

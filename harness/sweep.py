@@ -10,6 +10,7 @@ Overrides: `key=value`; a bare parameter name means `grid.NAME` if the sweep has
 that already have a result (ok, oom, diverged) and reruns failures (error, timeout). Exit code:
 0 when every cell run now has a result status, 1 when some failed, 2 for bad input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from sab.train import FAILURE_STATUSES, RESULT_STATUSES
-
 from harness.cells import Cell, check_data, expand
 from harness.config import SweepConfig, SweepError, list_sweeps, load_sweep
 from harness.executors import EXECUTORS, make_executor
 from harness.tracking import RUNNING, Tracker
+from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the sweeps and exit")
     parser.add_argument("--dry-run", action="store_true", help="print every cell as done / missing / failed; run nothing")
     parser.add_argument("--executor", default="ray", help=f"where cells run: {', '.join(EXECUTORS)} (default: ray)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT, ray://HOST:PORT); default: a private local Ray")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (auto, HOST:PORT, ray://HOST:PORT); default: a private local Ray"
+    )
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results-dir)")
     parser.add_argument("--results-dir", default="results", help="store, reports and executor folders (default: ./results)")
     parser.add_argument("--detach", action="store_true", help="slurm: submit and return; rerun the command to collect")
@@ -106,7 +108,9 @@ def collect_from_slurm(executor, tracker: Tracker, cells: list[Cell], budget: st
         outcome = executor.outcome(cell, job)
         tracker.log_outcome(outcome, claim["run_id"])
         finished += 1
-        print(f"collected {outcome.result.status:8s} {cell.name} from Slurm job {claim['job_id']}  {_metric_text(outcome.result)}", flush=True)
+        print(
+            f"collected {outcome.result.status:8s} {cell.name} from Slurm job {claim['job_id']}  {_metric_text(outcome.result)}", flush=True
+        )
     if claims:
         print(f"{finished} of {len(claims)} submitted cells collected; {len(claims) - finished} still queued or running", flush=True)
 

@@ -3,13 +3,13 @@
 Default store: `sqlite:///<abs>/results/mlflow.db`, artifacts under `<abs>/results/mlartifacts`,
 one experiment per sweep, the budget as a tag. Each cell is logged as soon as it finishes.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,11 +20,10 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from sab.train import FAILURE_STATUSES, RESULT_STATUSES
-
 from harness.config import SweepError
 from harness.executors.base import Outcome
 from harness.liveness import holder_alive, this_driver
+from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
 RUNNING = "running"
 """The status tag of a claimed cell whose trial has not reported yet."""
@@ -46,7 +45,9 @@ def git_sha() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
@@ -60,12 +61,16 @@ def check_reachable(uri: str) -> None:
         try:
             with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as response:
                 if response.status != 200:
-                    raise SweepError(f"tracking URI {uri!r} answered HTTP {response.status} on /health; expected 200 (is it an MLflow server?)")
-        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as error:
+                    raise SweepError(
+                        f"tracking URI {uri!r} answered HTTP {response.status} on /health; expected 200 (is it an MLflow server?)"
+                    )
+        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise SweepError(f"tracking URI {uri!r} is unreachable ({reason}); start the server or pass a reachable --tracking-uri") from None
+            raise SweepError(
+                f"tracking URI {uri!r} is unreachable ({reason}); start the server or pass a reachable --tracking-uri"
+            ) from None
     elif parsed.scheme == "sqlite":
-        folder = Path(uri[len("sqlite:///"):]).parent
+        folder = Path(uri[len("sqlite:///") :]).parent
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
             raise SweepError(f"tracking store folder {folder} is not writable")
@@ -109,7 +114,7 @@ class Tracker:
                 return
             from filelock import FileLock
 
-            folder = Path(self.uri[len("sqlite:///"):]).parent / "locks"
+            folder = Path(self.uri[len("sqlite:///") :]).parent / "locks"
             folder.mkdir(parents=True, exist_ok=True)
             with FileLock(str(folder / "mlflow.lock"), timeout=600):
                 yield
@@ -206,7 +211,10 @@ class Tracker:
         if runs.empty or "tags.held_by" not in runs:
             return []
         held = runs[(runs["status"] == "RUNNING") & (runs["tags.held_by"] == "slurm")]
-        return [{"run_id": r["run_id"], "cell_id": r["tags.cell_id"], "job_id": r["tags.slurm_job_id"], "folder": r["tags.slurm_folder"]} for _, r in held.iterrows()]
+        return [
+            {"run_id": r["run_id"], "cell_id": r["tags.cell_id"], "job_id": r["tags.slurm_job_id"], "folder": r["tags.slurm_folder"]}
+            for _, r in held.iterrows()
+        ]
 
     def release(self, run_ids: list[str]) -> None:
         """Mark this driver's unfinished claims KILLED (Ctrl-C), so a rerun runs them."""
@@ -298,7 +306,7 @@ def _ctrl_c_deferred():
 
 
 def _tags(row) -> dict:
-    return {k[len("tags."):]: v for k, v in row.items() if isinstance(k, str) and k.startswith("tags.") and isinstance(v, str)}
+    return {k[len("tags.") :]: v for k, v in row.items() if isinstance(k, str) and k.startswith("tags.") and isinstance(v, str)}
 
 
 def _finite(value) -> bool:

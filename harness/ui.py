@@ -7,6 +7,7 @@ Runs `mlflow server` with one worker and without MLflow's job runner (its defaul
 pool of job consumers of ~2 GB); reach it from elsewhere through an SSH tunnel rather than
 binding another interface (`--host` exists for those who must).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results_dir = Path(args.results_dir)
     if not (results_dir / "mlflow.db").exists():
-        print(f"error: no store at {results_dir.resolve() / 'mlflow.db'}; run a sweep first (python -m harness.sweep copy_lengths)", file=sys.stderr)
+        print(
+            f"error: no store at {results_dir.resolve() / 'mlflow.db'}; run a sweep first (python -m harness.sweep copy_lengths)",
+            file=sys.stderr,
+        )
         return 2
     argv_out = command(results_dir, args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} (store {default_uri(results_dir)})", flush=True)

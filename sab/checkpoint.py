@@ -6,6 +6,7 @@ data-generator state, step, elapsed time and the partial result. After a SIGUSR2
 signal is handed to whoever handled it before (submitit requeues the job from there); after a
 SIGTERM save training goes on until the process is stopped.
 """
+
 from __future__ import annotations
 
 import os

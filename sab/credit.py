@@ -13,6 +13,7 @@ transformer     a small causal Transformer, full backprop (the paper's CIFAR-10 
 
 Loss = Σ per-position losses at the batch's scored positions / (B · n_positions), in every engine.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sab.measure import NullMeter
-from sab.model import LSTMModel, SABLSTM, lstm_step, segment_columns
+from sab.model import SABLSTM, LSTMModel, lstm_step, segment_columns
 from sab.replay import replay
 from sab.sparse_attention import attention_weights
 from sab.transformer import CausalTransformer
@@ -221,7 +222,16 @@ USES = {
 """The method parameters each engine reads; the others do not change its result."""
 
 
-def build_model(method: str, input_size: int, hidden_size: int, output_size: int, k_top: int = 5, k_att: int = 10, attn_size: int | None = None, scorer_init: str = "uniform"):
+def build_model(
+    method: str,
+    input_size: int,
+    hidden_size: int,
+    output_size: int,
+    k_top: int = 5,
+    k_att: int = 10,
+    attn_size: int | None = None,
+    scorer_init: str = "uniform",
+):
     """The model an engine trains: plain LSTM, dense attention LSTM, or SAB-LSTM."""
     if method not in ENGINES:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")

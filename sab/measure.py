@@ -10,6 +10,7 @@ cross-checked by the peak RSS growth of the process and, on CUDA, `max_memory_al
         engine(model, batch, loss_fn, k_trunc, meter)
     meter.peak_bytes
 """
+
 from __future__ import annotations
 
 import resource

@@ -8,6 +8,7 @@ the weights of a `ScaledCell` (one sigmoid per step for all four gates).
     model = SABLSTM(input_size=10, hidden_size=64, output_size=10, k_top=3, k_att=5)
     logits, attention = model.infer(x, return_attention=True)   # no_grad inference forward
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ def lstm_step(gates_x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tens
     return o * torch.tanh(c), c
 
 
-def lstm_step_(gates: Tensor, h: Tensor, c: Tensor, w_hh_t: Tensor, out: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def lstm_step_(
+    gates: Tensor, h: Tensor, c: Tensor, w_hh_t: Tensor, out: tuple[Tensor, Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """`lstm_step` without a graph, overwriting the input gates with their σ: no copy of them, and
     tanh c as 2σ(2c) - 1 (the graph-free loops only; through autograd the extra operations cost more).
 

@@ -25,12 +25,13 @@ Reads add dM_j = a_j ds and dK_j = dd_j Zw_j into G at the memory's row; the ste
 memory `slot` adds G_M[slot] + G_K[slot] W_m to its dh. Steps run in reverse, so G is complete
 when it is read. dlogits come with pass 1's logits (the loss of a position needs only its logits).
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from sab.model import FirstPass, SABLSTM, lstm_step_, segment_columns
+from sab.model import SABLSTM, FirstPass, lstm_step_, segment_columns
 from sab.sparse_attention import EPS
 
 
@@ -116,17 +117,37 @@ class _Buffers:
         steps = lambda t: t.unbind(0)  # noqa: E731
         self.s_sig = steps(self.sig.view(k, B, 4 * H))
         self.s_f = steps(self.sig[:, :, 1])  # the forget gate, for dc_{t-1} = dc f
-        self.s_cells, self.s_sig_2c, self.s_provisional, self.s_hs = steps(self.cells), steps(self.sig_2c), steps(self.provisional), steps(self.hs)
+        self.s_cells, self.s_sig_2c, self.s_provisional, self.s_hs = (
+            steps(self.cells),
+            steps(self.sig_2c),
+            steps(self.provisional),
+            steps(self.hs),
+        )
         self.s_summaries, self.s_summary_rows = steps(self.summaries), steps(self.summaries.unsqueeze(2))
         self.s_memories, self.s_keys, self.s_z = steps(self.memories), steps(self.keys), steps(self.z)
-        self.s_memory_columns = steps(self.memories.transpose(2, 3))  # (B, H, m): <ds, M_j> as a row times columns (a bmm with N=1 is ~3x slower)
-        self.s_kept, self.s_norm, self.s_weights, self.s_weight_rows = steps(self.kept), steps(self.norm), steps(self.weights), steps(self.weights.unsqueeze(2))
+        self.s_memory_columns = steps(
+            self.memories.transpose(2, 3)
+        )  # (B, H, m): <ds, M_j> as a row times columns (a bmm with N=1 is ~3x slower)
+        self.s_kept, self.s_norm, self.s_weights, self.s_weight_rows = (
+            steps(self.kept),
+            steps(self.norm),
+            steps(self.weights),
+            steps(self.weights.unsqueeze(2)),
+        )
         self.s_query_factor = steps(self.query_factor)
         self.s_dsummaries, self.s_dsummary_rows = steps(self.dsummaries), steps(self.dsummaries.unsqueeze(2))
-        self.s_dweights, self.s_dqueries, self.s_dquery_rows = steps(self.dweights), steps(self.dqueries), steps(self.dqueries.view(k, B, A))
+        self.s_dweights, self.s_dqueries, self.s_dquery_rows = (
+            steps(self.dweights),
+            steps(self.dqueries),
+            steps(self.dqueries.view(k, B, A)),
+        )
         self.s_dgates_ifg, self.s_dgates_o = steps(self.dgates[:, :, :3]), steps(self.dgates[:, :, 3])
         self.s_dgates_flat = steps(self.dgates.view(k, B, 4 * H))
-        self.s_cell_factor, self.s_factors_ifg, self.s_factors_o = steps(self.cell_factor), steps(self.gate_factors[:, :, :3]), steps(self.gate_factors[:, :, 3])
+        self.s_cell_factor, self.s_factors_ifg, self.s_factors_o = (
+            steps(self.cell_factor),
+            steps(self.gate_factors[:, :, :3]),
+            steps(self.gate_factors[:, :, 3]),
+        )
 
     def tensors(self) -> list[Tensor]:
         """Every buffer, for the memory meter."""

@@ -6,6 +6,7 @@ Weights (DESIGN step 4):  |M| > k_top: δ = the (k_top+1)-th largest d,
                           1 <= |M| <= k_top: a = softmax(d)
 Ties: the lower memory index wins (a stable descending sort), the same rule in every engine.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,7 @@ class Scorer(nn.Module):
             raise ValueError(f"unknown scorer_init {init!r}; valid: {', '.join(SCORER_INITS)}")
         self.query = nn.Linear(hidden_size, attn_size)  # W_q and b
         self.key = nn.Linear(hidden_size, attn_size, bias=False)  # W_m: cached per memory at write time
-        self.weight = nn.Parameter(torch.empty(attn_size).uniform_(-attn_size**-0.5, attn_size**-0.5))  # w
+        self.weight = nn.Parameter(torch.empty(attn_size).uniform_(-(attn_size**-0.5), attn_size**-0.5))  # w
         if init == "zero":  # every score equal: attention starts uniform (softmax) or empty (sparsifier)
             with torch.no_grad():
                 self.weight.zero_()

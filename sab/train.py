@@ -6,6 +6,7 @@
 A trial never raises for what happens while it runs: the result's status says how it ended
 (ok, diverged, oom, timeout, error), with partial metrics kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,9 @@ import torch
 
 from sab.checkpoint import Checkpointer, restore, training_state
 from sab.credit import ENGINES, METHODS, build_model
+from sab.measure import MemoryMeter, StepTimer, cuda_peak, rss_peak_bytes, rss_peak_reset
 from sab.model import SABLSTM
 from sab.sparse_attention import SCORER_INITS
-from sab.measure import MemoryMeter, StepTimer, cuda_peak, rss_peak_bytes, rss_peak_reset
 from sab.tasks import TASKS, Task, make_task
 
 VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
@@ -52,7 +53,9 @@ class TrialSpec:
     seq_len: int = field(default=30, metadata=_help("task length parameter T (copy: delay; L = T + 20)"))
     hidden_size: int = field(default=64, metadata=_help("LSTM hidden units H"))
     attn_size: int | None = field(default=None, metadata=_help("scorer width A (default H)"))
-    scorer_init: str = field(default="uniform", metadata=_help("scorer initialisation: uniform (w ~ U(±A^-1/2)) or zero (w = 0, b = 0: uniform attention)"))
+    scorer_init: str = field(
+        default="uniform", metadata=_help("scorer initialisation: uniform (w ~ U(±A^-1/2)) or zero (w = 0, b = 0: uniform attention)")
+    )
     k_trunc: int = field(default=5, metadata=_help("local backprop window: the state is detached every k_trunc steps"))
     k_top: int = field(default=3, metadata=_help("memories attended per step (sab)"))
     k_att: int = field(default=5, metadata=_help("a memory is written every k_att steps (sab)"))
@@ -63,7 +66,9 @@ class TrialSpec:
     steps: int = field(default=1000, metadata=_help("training steps (one batch each)"))
     eval_interval: int = field(default=200, metadata=_help("steps between validation evaluations"))
     eval_batches: int = field(default=4, metadata=_help("batches of the validation and test sets"))
-    solved_patience: int = field(default=0, metadata=_help("stop once validation accuracy is 1.0 at this many evaluations in a row (0: never)"))
+    solved_patience: int = field(
+        default=0, metadata=_help("stop once validation accuracy is 1.0 at this many evaluations in a row (0: never)")
+    )
     seed: int = field(default=0, metadata=_help("seed of initialisation and training data"))
     device: str = field(default="cpu", metadata=_help("cpu, cuda, cuda:N or auto (CUDA when present)"))
     threads: int = field(default=1, metadata=_help("torch CPU threads of this trial"))
@@ -87,7 +92,18 @@ class TrialSpec:
             raise ValueError(f"unknown scorer_init {self.scorer_init!r}; valid: {', '.join(SCORER_INITS)}")
         if not isinstance(self.solved_patience, int) or self.solved_patience < 0:
             raise ValueError(f"solved_patience must be an integer >= 0, got {self.solved_patience!r}")
-        for name in ("seq_len", "hidden_size", "k_trunc", "k_top", "k_att", "batch_size", "steps", "eval_interval", "eval_batches", "threads"):
+        for name in (
+            "seq_len",
+            "hidden_size",
+            "k_trunc",
+            "k_top",
+            "k_att",
+            "batch_size",
+            "steps",
+            "eval_interval",
+            "eval_batches",
+            "threads",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -152,7 +168,9 @@ def resolve_device(name: str) -> torch.device:
 
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA and CPU allocation failures, however torch or Python spells them."""
-    oom_types = tuple(t for t in (MemoryError, getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
+    oom_types = tuple(
+        t for t in (MemoryError, getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+    )
     if isinstance(error, oom_types):
         return True
     text = str(error).lower()
@@ -193,7 +211,9 @@ def evaluate(model, task: Task, batches: list, device: torch.device, dtype: torc
 def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype):
     """The seeded model of a spec, on its device and dtype."""
     torch.manual_seed(spec.seed)
-    model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size, spec.scorer_init)
+    model = build_model(
+        spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size, spec.scorer_init
+    )
     return model.to(device=device, dtype=dtype)
 
 
@@ -262,7 +282,9 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                 if checkpointer.due(step) and step < spec.steps:
                     partial = {k: getattr(result, k) for k in _RESUMED_FIELDS}
                     timing = (timer.total_seconds, timer.timed_seconds, timer.steps, timer.timed_steps)
-                    checkpointer.save(training_state(model, optimizer, generator, step, time.monotonic() - started, {"timer": timing, "result": partial}))
+                    checkpointer.save(
+                        training_state(model, optimizer, generator, step, time.monotonic() - started, {"timer": timing, "result": partial})
+                    )
     finally:
         checkpointer.restore_handlers()
     result.stop_reason = result.stop_reason or ("steps" if result.status == "ok" else result.status)
@@ -358,7 +380,9 @@ def load_weights(path: str, device: str = "cpu") -> tuple[torch.nn.Module, Trial
     values["transfer_lengths"] = tuple(values["transfer_lengths"])
     spec = TrialSpec(**values)
     task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
-    model = build_model(spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size, spec.scorer_init)
+    model = build_model(
+        spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size, spec.scorer_init
+    )
     model.load_state_dict(saved["state_dict"])
     return model.to(device=device, dtype=getattr(torch, spec.dtype)), spec
 

@@ -3,6 +3,7 @@
 
     model = CausalTransformer(input_size=3, hidden_size=64, output_size=10)
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Shared helpers: run the real entry points in subprocesses, in fresh temp folders."""
+
 from __future__ import annotations
 
 import os

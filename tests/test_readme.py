@@ -1,4 +1,5 @@
 """The README starts with the two set-up-and-run commands, and CI runs the second one verbatim."""
+
 from __future__ import annotations
 
 import re
@@ -16,7 +17,7 @@ def test_readme_opens_with_two_commands():
     main, tests = _readme_commands()
     assert main.endswith("-m harness.sweep copy_lengths")
     assert tests.endswith("-m pytest")
-    assert 'torch==2.13.0' in main and 'torch==2.13.0' in tests
+    assert "torch==2.13.0" in main and "torch==2.13.0" in tests
 
 
 def test_ci_runs_the_readme_test_command():

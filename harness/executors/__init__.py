@@ -4,6 +4,7 @@ local  one cell at a time in a spawned child process (the timing executor)
 ray    Ray Tune trials, on a private local Ray or a cluster given by --address (default)
 slurm  submitit job arrays on a Slurm cluster
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,14 +1,14 @@
 """The one interface every executor offers: run cells, yield outcomes as they finish."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from sab.train import TrialResult, TrialSpec
-
 from harness.cells import Cell
 from harness.config import Resources, SweepError
+from sab.train import TrialResult, TrialSpec
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """The timing executor: one cell at a time, each in a spawned child process."""
+
 from __future__ import annotations
 
 import socket

@@ -6,6 +6,7 @@ cell in a spawned child (memory limit, crash isolation) with threads = its CPUs,
 progress through `tune.report`, and hands its final TrialResult back to the driver through a
 Tune callback; the driver alone writes MLflow.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
-from sab.train import TrialResult, TrialSpec
-
 from harness.cells import Cell
 from harness.config import Resources, SweepError
 from harness.executors.base import Outcome, check_this_machine, trial_spec
 from harness.isolation import run_isolated
+from sab.train import TrialResult, TrialSpec
 
 RESULT_KEY = "trial_result_json"
 
@@ -38,7 +38,7 @@ def _trainable(config: dict) -> None:
     tune.report({RESULT_KEY: json.dumps(result.to_dict()), "status_ok": int(result.status == "ok")})
 
 
-_COLLECTORS: dict[int, "_Collector"] = {}
+_COLLECTORS: dict[int, _Collector] = {}
 """Driver-side collectors by id: Tune pickles its callbacks with the experiment state, so the
 callback holds only this key, never the (unpicklable) collector."""
 
@@ -241,10 +241,7 @@ class RayExecutor:
 
         collector = _Collector(by_id, sink, make)
         collector.on_report = self.on_report
-        payloads = [
-            {"cell_id": c.cell_id, "spec": asdict(trial_spec(c, self.resources)), "mem_gb": self.resources.mem_gb}
-            for c in cells
-        ]
+        payloads = [{"cell_id": c.cell_id, "spec": asdict(trial_spec(c, self.resources)), "mem_gb": self.resources.mem_gb} for c in cells]
         trainable = tune.with_resources(_trainable, {"cpu": self.resources.cpus_per_trial, "gpu": self.resources.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
@@ -284,5 +281,9 @@ class RayExecutor:
         thread.join(timeout=60)
         for cell in cells:  # anything Tune never reported is a failure, never silently dropped
             if cell.cell_id not in collector.done:
-                reason = f"Ray Tune ended without running this cell ({failure[0]!r})" if failure else "Ray Tune ended without a result for this cell"
+                reason = (
+                    f"Ray Tune ended without running this cell ({failure[0]!r})"
+                    if failure
+                    else "Ray Tune ended without a result for this cell"
+                )
                 yield make(cell, TrialResult(status="error", error_type="NotRun", error=reason), 0.0)

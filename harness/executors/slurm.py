@@ -6,6 +6,7 @@ through submitit's result pickle; the driver logs it to MLflow. With `--detach` 
 submits and returns; rerunning the same command collects what finished and logs it once,
 without resubmitting jobs still queued or running. Ctrl-C cancels the submitted jobs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,13 +20,26 @@ from pathlib import Path
 
 import submitit
 
-from sab.train import TrialResult, TrialSpec, run_trial
-
 from harness.cells import Cell
 from harness.config import SweepConfig, SweepError
 from harness.executors.base import Outcome, trial_spec
+from sab.train import TrialResult, TrialSpec, run_trial
 
-SBATCH_ALLOWED = ("exclude", "nodelist", "reservation", "mail-type", "mail-user", "comment", "gres", "hint", "exclusive", "licenses", "nice", "begin", "wckey")
+SBATCH_ALLOWED = (
+    "exclude",
+    "nodelist",
+    "reservation",
+    "mail-type",
+    "mail-user",
+    "comment",
+    "gres",
+    "hint",
+    "exclusive",
+    "licenses",
+    "nice",
+    "begin",
+    "wckey",
+)
 """Extra sbatch options a sweep may pass (`slurm.additional`); anything else is refused."""
 TIMEOUT_MARGIN_MIN = 10
 CHECKPOINT_EVERY = 500
@@ -79,11 +93,15 @@ class SlurmExecutor:
             raise SweepError(f"sbatch option {bad[0]!r} is not allowed; allowed: {', '.join(SBATCH_ALLOWED)}")
         gpus = self.resources.gpus_per_trial
         if 0 < gpus < 1:
-            raise SweepError(f"resources.gpus_per_trial={gpus}: fractional GPUs are not packed by --executor slurm; use 1, or run --executor ray inside an allocation")
+            raise SweepError(
+                f"resources.gpus_per_trial={gpus}: fractional GPUs are not packed by --executor slurm; use 1, or run --executor ray inside an allocation"
+            )
         if self.cluster != "slurm":
             return
         if not _sbatch_available():
-            raise SweepError("--executor slurm needs Slurm's sbatch and sinfo on PATH (try scripts/slurm_local.sh start, or --executor ray|local)")
+            raise SweepError(
+                "--executor slurm needs Slurm's sbatch and sinfo on PATH (try scripts/slurm_local.sh start, or --executor ray|local)"
+            )
         partitions = _sinfo("%P")
         partition = self.options.get("partition")
         known = [p.rstrip("*") for p in partitions]
@@ -183,11 +201,17 @@ class SlurmExecutor:
         try:
             result = job.result()
         except submitit.core.utils.FailedJobError as error:
-            result = TrialResult(status="error", error_type="SlurmJobFailed", error=str(error).splitlines()[0][:2000], traceback=str(error)[-4000:])
+            result = TrialResult(
+                status="error", error_type="SlurmJobFailed", error=str(error).splitlines()[0][:2000], traceback=str(error)[-4000:]
+            )
         except submitit.core.utils.UncompletedJobError as error:
             state = (job.state or "").upper()
             status = "oom" if "OUT_OF_MEMORY" in state else ("timeout" if "TIMEOUT" in state else "error")
-            result = TrialResult(status=status, error_type=f"Slurm{state.split()[0].title() if state else 'Uncompleted'}", error=f"job {job.job_id} ended {state or 'without a result'}: {str(error).splitlines()[0][:500]}")
+            result = TrialResult(
+                status=status,
+                error_type=f"Slurm{state.split()[0].title() if state else 'Uncompleted'}",
+                error=f"job {job.job_id} ended {state or 'without a result'}: {str(error).splitlines()[0][:500]}",
+            )
         wall = time.monotonic() - self.submitted_at if self.submitted_at else result.train_seconds  # queue time included
         return Outcome(cell, result, self.name, self.concurrency, self.resources.cpus_per_trial, wall, f"slurm:{job.job_id}")
 

@@ -1,4 +1,5 @@
 """`python -m sab.data fetch NAME --to DIR` / `python -m sab.data verify NAME --in DIR`."""
+
 from __future__ import annotations
 
 import argparse

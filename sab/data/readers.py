@@ -2,6 +2,7 @@
 
 Each fails with one DataError line naming the path and the expected format, before training.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -66,7 +67,9 @@ def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             batch = _ArraysOnly(io.BytesIO(f.read()), encoding="bytes").load()
         data, labels = batch[b"data"], batch[b"labels"]
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, ImportError) as error:
-        raise DataError(f"{path}: not a CIFAR-10 python batch (a pickled dict with b'data' (N, 3072) uint8 and b'labels'): {error}") from None
+        raise DataError(
+            f"{path}: not a CIFAR-10 python batch (a pickled dict with b'data' (N, 3072) uint8 and b'labels'): {error}"
+        ) from None
     images = torch.as_tensor(data, dtype=torch.uint8)
     if images.ndim != 2 or images.shape[1] != 3072 or len(labels) != images.shape[0]:
         raise DataError(f"{path}: CIFAR-10 batch of shape {tuple(images.shape)} with {len(labels)} labels; expected (N, 3072) and N labels")

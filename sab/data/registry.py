@@ -7,6 +7,7 @@ Sources of the checksums: MNIST and CIFAR-10 md5s as torchvision publishes them;
 as the TensorFlow word2vec tutorial checks it and text8's sha256 as a public reproduction states it;
 no published checksum is known for PTB's simple-examples.tgz (it is reported unverified).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,17 @@ DATASETS: dict[str, Dataset] = {
         expects=("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
     ),
     "cifar10": Dataset(
-        files=(Remote("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a",
-                      extract=tuple(f"cifar-10-batches-py/{n}" for n in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"))),),  # fmt: skip
+        files=(
+            Remote(
+                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "cifar-10-python.tar.gz",
+                md5="c58f30108f718f92721af3b95e74349a",
+                extract=tuple(
+                    f"cifar-10-batches-py/{n}"
+                    for n in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+                ),
+            ),
+        ),  # fmt: skip
         expects=("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"),
     ),
     "text8": Dataset(
@@ -64,8 +74,13 @@ DATASETS: dict[str, Dataset] = {
         after={"text8": "sha256:6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"},
     ),
     "ptb": Dataset(
-        files=(Remote("http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz", "simple-examples.tgz",
-                      extract=tuple(f"./simple-examples/data/ptb.char.{s}.txt" for s in ("train", "valid", "test"))),),  # fmt: skip
+        files=(
+            Remote(
+                "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz",
+                "simple-examples.tgz",
+                extract=tuple(f"./simple-examples/data/ptb.char.{s}.txt" for s in ("train", "valid", "test")),
+            ),
+        ),  # fmt: skip
         expects=("ptb.char.train.txt", "ptb.char.valid.txt", "ptb.char.test.txt"),
     ),
 }

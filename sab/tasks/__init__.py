@@ -4,6 +4,7 @@ Generated (no files): copy, adding. From files in `data_dir`: pixel_mnist, permu
 text8, ptb. Bundled or generated offline, for laptops and tests: pixel_digits, permuted_digits,
 mnist1d, pydoc_chars.
 """
+
 from __future__ import annotations
 
 from sab.tasks import char_lm, sequences

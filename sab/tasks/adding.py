@@ -4,6 +4,7 @@ Input (2 channels): a value U(0, 1) and a marker, with exactly one 1 in each hal
 the last step: the sum of the two marked values. Loss: MSE. Metrics: MSE, and accuracy = the
 share of sequences with absolute error < 0.04.
 """
+
 from __future__ import annotations
 
 import torch

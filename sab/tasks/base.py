@@ -1,4 +1,5 @@
 """What a task gives a trial: batches, a per-position loss and its metrics (DESIGN's task table)."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

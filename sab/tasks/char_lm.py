@@ -7,6 +7,7 @@
 Sequences are contiguous chunks of L + 1 characters (inputs one-hot, targets shifted by one):
 random chunks for training, consecutive non-overlapping chunks from the split's start for evaluation.
 """
+
 from __future__ import annotations
 
 import math

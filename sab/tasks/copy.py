@@ -4,6 +4,7 @@ Input (one-hot of 10 classes): 10 symbols from {1..8}, T-1 blanks (0), the delim
 blanks; length L = T + 20. Target at every step: blank, except the last 10 = the symbols.
 Loss: cross-entropy over all L steps. Metric: accuracy on the last 10 (chance = 1/8).
 """
+
 from __future__ import annotations
 
 import torch

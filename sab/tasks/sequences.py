@@ -9,6 +9,7 @@ and the data that runs here without a download (scikit-learn's digits, MNIST-1D)
 Loss: cross-entropy at the last step. Metric: accuracy. The validation set is held out of the
 training split; the test set is the dataset's test split.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,7 +27,9 @@ VALIDATION_FRACTION = 0.1
 class SequenceClassification(Task):
     """Sequences (N, L, C) with one class each, drawn at random for training."""
 
-    def __init__(self, name: str, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], classes: int, permutation_seed: int | None = None) -> None:
+    def __init__(
+        self, name: str, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], classes: int, permutation_seed: int | None = None
+    ) -> None:
         self.name, self.output_size = name, classes
         inputs, labels = train
         held = max(1, int(len(labels) * VALIDATION_FRACTION))
@@ -72,7 +75,7 @@ class SequenceClassification(Task):
 
 def _pixels(images: Tensor, scale: float) -> Tensor:
     """(N, H, W) -> (N, H*W, 1) in [0, 1], one pixel per step in raster order."""
-    return (images.reshape(images.shape[0], -1, 1).float() / scale)
+    return images.reshape(images.shape[0], -1, 1).float() / scale
 
 
 def mnist(data_dir: str | None, permutation_seed: int | None) -> SequenceClassification:
@@ -83,7 +86,9 @@ def mnist(data_dir: str | None, permutation_seed: int | None) -> SequenceClassif
         images = read_idx(find(data_dir, (f"{prefix}-images-idx3-ubyte",), what))
         labels = read_idx(find(data_dir, (f"{prefix}-labels-idx1-ubyte",), what))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"{data_dir}: {prefix} images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match; expected (N, 28, 28) and (N,)")
+            raise DataError(
+                f"{data_dir}: {prefix} images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match; expected (N, 28, 28) and (N,)"
+            )
         split[prefix] = (_pixels(images, 255.0), labels.long())
     name = "permuted_mnist" if permutation_seed is not None else "pixel_mnist"
     return SequenceClassification(name, split["train"], split["t10k"], 10, permutation_seed)

@@ -1,4 +1,5 @@
 """The cost benchmark shows what DESIGN promises: SAB's memory does not grow with the graph."""
+
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
 """Grid expansion is deterministic; cell ids are content-addressed as DESIGN says."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """Sweep files compose and validate; overrides follow the documented rule; bad input is one line."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The paper's experiments as named sweeps: transfer columns, the primary metric, data checked up front."""
+
 from __future__ import annotations
 
 import pandas as pd

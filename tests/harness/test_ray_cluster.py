@@ -1,4 +1,5 @@
 """A Ray cluster already running on the machine: the default executor never joins it; --address does."""
+
 from __future__ import annotations
 
 import os

@@ -1,9 +1,9 @@
 """Every cell accounted for: faults injected through the real paths, a SIGKILLed driver, two
 drivers at once, and bad input refused in seconds before anything starts."""
+
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -65,7 +65,9 @@ def test_faults_become_statuses_and_never_stop_the_sweep(tmp_path):
 def test_time_cap_stops_cleanly_with_partial_metrics():
     from sab.train import TrialSpec, run_trial
 
-    result = run_trial(TrialSpec(method="sab", seq_len=5, hidden_size=8, batch_size=4, steps=10**6, eval_interval=10**6, eval_batches=1, time_limit_s=1.0))
+    result = run_trial(
+        TrialSpec(method="sab", seq_len=5, hidden_size=8, batch_size=4, steps=10**6, eval_interval=10**6, eval_batches=1, time_limit_s=1.0)
+    )
     assert result.status == "timeout"
     assert 0 < result.steps_done < 10**6
     assert "accuracy" in result.metrics and result.curve  # partial metrics kept
@@ -138,7 +140,10 @@ BROKEN_YAML = "fixed:\n  task: copy\ngrid:\n  method: [sab, bptt\n  seq_len: [5]
 
 BAD_INPUTS = [
     (["no_such_sweep"], "error: unknown sweep 'no_such_sweep'; valid: "),
-    (["copy_lengths", "grid.method=[sab,magic]"], "unknown method 'magic'; valid: bptt, bptt_cell, tbptt, self_attention, sab_reference, sab"),
+    (
+        ["copy_lengths", "grid.method=[sab,magic]"],
+        "unknown method 'magic'; valid: bptt, bptt_cell, tbptt, self_attention, sab_reference, sab",
+    ),
     (["copy_lengths", "task=nope"], "unknown task 'nope'; valid: adding, cifar10, copy, mnist1d"),
     (["copy_lengths", "k_top=0"], "k_top must be an integer >= 1, got 0"),
     (["copy_lengths", "k_trunc=0"], "k_trunc must be an integer >= 1, got 0"),
@@ -164,7 +169,9 @@ def test_bad_input_is_one_line_in_seconds_and_starts_nothing(argv, message, tmp_
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-    monkeypatch.setenv("SAB_SWEEPS_DIR", str(_sweeps(tmp_path, broken=BROKEN_YAML, copy_lengths=(ROOT / "sweeps" / "copy_lengths.yaml").read_text())))
+    monkeypatch.setenv(
+        "SAB_SWEEPS_DIR", str(_sweeps(tmp_path, broken=BROKEN_YAML, copy_lengths=(ROOT / "sweeps" / "copy_lengths.yaml").read_text()))
+    )
     monkeypatch.chdir(tmp_path)
     started = time.monotonic()
     code = main(argv)

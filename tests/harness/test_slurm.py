@@ -1,4 +1,5 @@
 """--executor slurm against a real single-node Slurm (scripts/slurm_local.sh) and submitit's local cluster."""
+
 from __future__ import annotations
 
 import os
@@ -142,7 +143,19 @@ def _long_sweep(tmp_path: Path) -> tuple[Path, dict]:
 
 
 def _reference_metrics() -> dict:
-    spec = TrialSpec(task="copy", seq_len=5, hidden_size=8, batch_size=4, eval_batches=1, method="sab", k_trunc=3, k_att=2, k_top=2, steps=1500, eval_interval=500)
+    spec = TrialSpec(
+        task="copy",
+        seq_len=5,
+        hidden_size=8,
+        batch_size=4,
+        eval_batches=1,
+        method="sab",
+        k_trunc=3,
+        k_att=2,
+        k_top=2,
+        steps=1500,
+        eval_interval=500,
+    )
     return run_trial(spec).metrics
 
 
@@ -174,7 +187,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint_to_the_same_metrics(slurm
     runs = _runs(work, "long")
     assert len(runs) == 1 and runs.iloc[0]["tags.status"] == "ok"
     assert "resumed" in job.stderr() or "resumed" in (job.stdout() or ""), "the job did not resume from a checkpoint"
-    got = {k[len("metrics."):]: v for k, v in runs.iloc[0].items() if k.startswith("metrics.") and not k.startswith("metrics.curve_")}
+    got = {k[len("metrics.") :]: v for k, v in runs.iloc[0].items() if k.startswith("metrics.") and not k.startswith("metrics.curve_")}
     want = _reference_metrics()
     for key in ("accuracy", "loss", "val_accuracy", "val_loss"):
         assert got[key] == pytest.approx(want[key], rel=1e-6), key
@@ -187,7 +200,6 @@ def test_cancelled_job_is_a_failed_cell_not_a_hang(slurm, tmp_path):
     run = _runs(work, "long").iloc[0]
     subprocess.run(["scancel", run["tags.slurm_job_id"]], check=True)
     deadline = time.monotonic() + 120
-    status = ""
     cancelled = run
     while time.monotonic() < deadline:  # reruns collect it (and resubmit the failed cell, detached)
         cli(["harness.sweep", "long", "steps=100000", "--executor", "slurm", "--detach", "--no-report"], work, env=env, timeout=120)
@@ -234,7 +246,10 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_says_so(slurm, tmp_path):
     assert driver.returncode == 130
     assert f"cancelled 1 submitted jobs: {job_id}" in rest and "rerun the same command" in rest
     deadline = time.monotonic() + 60
-    while subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0]], capture_output=True, text=True).stdout.strip() and time.monotonic() < deadline:
+    while (
+        subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0]], capture_output=True, text=True).stdout.strip()
+        and time.monotonic() < deadline
+    ):
         time.sleep(1)
     assert not subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0]], capture_output=True, text=True).stdout.strip()
     runs = _runs(work, "long")

@@ -1,4 +1,5 @@
 """The main command end to end with the real Ray, MLflow (SQLite) and Hydra, in a fresh folder."""
+
 from __future__ import annotations
 
 import re
@@ -31,7 +32,13 @@ def test_smoke_sweep_exits_0_and_logs_a_child_run_per_cell(smoke):
     assert set(runs["tags.status"]) == {"ok"}
     assert set(runs["tags.executor"]) == {"ray"}
     assert runs["tags.mlflow.parentRunId"].nunique() == 1
-    for column in ("metrics.accuracy", "metrics.val_accuracy", "metrics.peak_bytes", "metrics.seconds_per_step", "metrics.transfer_accuracy_20"):
+    for column in (
+        "metrics.accuracy",
+        "metrics.val_accuracy",
+        "metrics.peak_bytes",
+        "metrics.seconds_per_step",
+        "metrics.transfer_accuracy_20",
+    ):
         assert runs[column].notna().all(), column
     assert set(runs["params.method"]) == {"bptt", "tbptt", "self_attention", "sab"}
     client = mlflow.tracking.MlflowClient()

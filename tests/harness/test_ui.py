@@ -1,4 +1,5 @@
 """`python -m harness.ui` serves the project's store on loopback only."""
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,9 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
         deadline, body = time.monotonic() + 90, ""
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=copy_lengths", timeout=2) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=copy_lengths", timeout=2
+                ) as r:
                     body = r.read().decode()
                     break
             except OSError:

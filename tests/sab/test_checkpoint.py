@@ -1,4 +1,5 @@
 """A trial stopped by a signal resumes from its checkpoint and ends exactly as an uninterrupted one."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ ARGS = ["--method", "sab", "--seq-len", "5", "--hidden-size", "8", "--batch-size
 
 
 def _trial(extra: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sab.train", *ARGS, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sab.train", *ARGS, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_preempted_trial_resumes_to_the_same_metrics(tmp_path):
@@ -67,7 +70,9 @@ def test_time_cap_counts_across_resumes(tmp_path):
     optimizer = _optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(0)
     result_fields = {"curve": [], "peak_saved_bytes": 0, "peak_held_bytes": 0, "peak_bytes": 0, "peak_rss_bytes": 0}
-    Checkpointer(spec.checkpoint_path).save(training_state(model, optimizer, generator, 10, 1.4, {"timer": (0.0, 0.0, 10, 9), "result": result_fields}))
+    Checkpointer(spec.checkpoint_path).save(
+        training_state(model, optimizer, generator, 10, 1.4, {"timer": (0.0, 0.0, 10, 9), "result": result_fields})
+    )
     resumed = run_trial(spec)
     assert resumed.status == "timeout"
     assert resumed.steps_done < first.steps_done

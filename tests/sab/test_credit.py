@@ -1,5 +1,6 @@
 """The engines compute the gradients DESIGN defines: two-pass SAB = the one-graph reference, and
 the reference itself checked independently (against TBPTT/BPTT, gradcheck, a hand-derived path)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Readers read tiny files in the real formats; missing or malformed files fail with one clear line;
 checksums are verified; every new task's loss falls on a fixed batch within a few dozen steps."""
+
 from __future__ import annotations
 
 import gzip
@@ -189,4 +190,16 @@ def test_file_task_losses_fall_on_a_fixed_batch(tmp_path):
 
 
 def test_every_task_is_known():
-    assert set(TASKS) >= {"copy", "adding", "pixel_mnist", "permuted_mnist", "cifar10", "text8", "ptb", "pixel_digits", "permuted_digits", "mnist1d", "pydoc_chars"}
+    assert set(TASKS) >= {
+        "copy",
+        "adding",
+        "pixel_mnist",
+        "permuted_mnist",
+        "cifar10",
+        "text8",
+        "ptb",
+        "pixel_digits",
+        "permuted_digits",
+        "mnist1d",
+        "pydoc_chars",
+    }

@@ -1,5 +1,6 @@
 """The sparsifier and scorer of DESIGN steps 3-4: exactly k_top weights, k_top+1 rows with credit,
 a query-dependent scorer, the softmax phase, the tie rule."""
+
 from __future__ import annotations
 
 import pytest

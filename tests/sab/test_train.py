@@ -1,4 +1,5 @@
 """One trial end to end: metrics, cost figures, statuses, saved weights, the CLI, and the import boundary."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from sab.train import TrialSpec, load_weights, run_trial
 from sab.tasks import make_task
+from sab.train import TrialSpec, load_weights, run_trial
 
 TINY = dict(task="copy", seq_len=5, hidden_size=8, batch_size=4, steps=6, eval_interval=3, eval_batches=1, k_trunc=3, k_att=2, k_top=2)
 
@@ -80,7 +81,9 @@ def test_cli_runs_one_trial():
 def test_cli_bad_method_is_one_line():
     out = subprocess.run([sys.executable, "-m", "sab.train", "--method", "nope"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: unknown method 'nope'; valid: bptt, bptt_cell, tbptt, self_attention, sab_reference, sab, transformer"
+    assert (
+        out.stderr.strip() == "error: unknown method 'nope'; valid: bptt, bptt_cell, tbptt, self_attention, sab_reference, sab, transformer"
+    )
 
 
 def test_import_sab_pulls_no_harness_framework():
@@ -94,7 +97,9 @@ def test_import_sab_pulls_no_harness_framework():
 
 def test_sab_learns_copy_where_tbptt_cannot():
     """Copy with delay 10 > k_trunc = 5: SAB's memories carry credit across the delay, TBPTT's cannot."""
-    common = dict(task="copy", seq_len=10, hidden_size=64, batch_size=32, k_trunc=5, k_att=5, k_top=3, lr=3e-3, steps=1000, eval_interval=1000, seed=0)
+    common = dict(
+        task="copy", seq_len=10, hidden_size=64, batch_size=32, k_trunc=5, k_att=5, k_top=3, lr=3e-3, steps=1000, eval_interval=1000, seed=0
+    )
     sab = run_trial(TrialSpec(method="sab", **common))
     tbptt = run_trial(TrialSpec(method="tbptt", **common))
     assert sab.status == tbptt.status == "ok"
