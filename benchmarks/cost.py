@@ -22,12 +22,16 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 
-from sab.credit import METHODS
+from sab.methods import METHOD_NAMES, METHODS, Footprint, Knobs
+
+COST_REFERENCES = ("bptt", "bptt_cell")
+"""The engines every cost row is divided by: the fused kernel and the same gradient in a step loop."""
 
 COLUMNS = (
     "method", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "batch_size",
     "peak_saved_bytes", "held_bytes", "peak_bytes", "peak_rss_bytes", "step_seconds",
     "device", "threads", "status", "predicted_bytes", "cuda_max_allocated_bytes", "repeats",
+    "step_seconds_min", "step_seconds_max", "steps_per_repeat", "task", "attn_size", "scorer_init", "tokens_per_step",
 )  # fmt: skip
 
 
@@ -44,23 +48,17 @@ class CostConfig:
     k_top: int = 5
     device: str = "cpu"
     threads: int = 1
+    task: str = ""
+    """A task of sab.tasks to draw the batch from (its real length and loss); empty: copy-like data, L = T."""
+    attn_size: int | None = None
+    scorer_init: str = Knobs.scorer_init
+    data_dir: str | None = None
 
 
 def predicted_bytes(c: CostConfig) -> int:
-    """A generous estimate of an engine's peak training bytes, to skip what cannot fit."""
-    B, H, L, f = c.batch_size, c.hidden_size, c.seq_len, 4
-    lstm_per_step = 16 * H * B * f  # the fused CPU kernel's workspace is the largest seen (~16H floats)
-    if c.method in ("bptt", "bptt_cell"):
-        return lstm_per_step * L
-    if c.method == "tbptt":
-        return lstm_per_step * c.k_trunc
-    if c.method == "transformer":  # attention scores and weights of every layer and head, saved for backward
-        return 3 * 2 * 4 * B * L * L * f + 40 * H * B * L * f
-    k_att = 1 if c.method == "self_attention" else c.k_att
-    pairs = L * L // (2 * k_att)  # Σ_t |M_t|
-    if c.method == "sab":
-        return (3 * H * B * f) * (L // k_att + 1) + 2 * H * B * f * (L // c.k_trunc + 1) + lstm_per_step * 2 * c.k_trunc
-    return 4 * H * B * f * pairs + lstm_per_step * L  # sab_reference, self_attention: stacked banks, keys, tanh
+    """A generous estimate of an engine's peak training bytes (the method's memory model in
+    sab.methods), to skip what cannot fit."""
+    return METHODS[c.method].memory_bytes(Footprint(c.batch_size, c.hidden_size, c.seq_len, Knobs.of(c)))
 
 
 def free_bytes(device: str) -> int:
@@ -115,7 +113,9 @@ def measure(configs: list[CostConfig], repeats: int, steps: int = 1, log=print) 
     for length in sorted({c.seq_len for c in configs}):
         running: list[tuple[_Process, dict]] = []
         for config in (c for c in configs if c.seq_len == length):
-            row = dict(asdict(config), predicted_bytes=predicted_bytes(config), repeats=repeats, step_seconds=float("nan"))
+            row = dict(
+                asdict(config), predicted_bytes=predicted_bytes(config), repeats=repeats, steps_per_repeat=steps, step_seconds=float("nan")
+            )
             rows.append(row)
             if row["predicted_bytes"] > 0.8 * free_bytes(config.device):
                 row["status"] = "skipped"
@@ -142,6 +142,7 @@ def measure(configs: list[CostConfig], repeats: int, steps: int = 1, log=print) 
         for process, row in running:
             if samples[id(row)]:
                 row["step_seconds"] = statistics.median(samples[id(row)])
+                row["step_seconds_min"], row["step_seconds_max"] = min(samples[id(row)]), max(samples[id(row)])
             process.close()
     return rows
 
@@ -170,7 +171,7 @@ def table(rows: list[dict]) -> str:
         return "—" if value != value else f"{value:.3f}"
 
     for r in rows:
-        base, cell = by.get(("bptt", r["seq_len"])), by.get(("bptt_cell", r["seq_len"]))
+        base, cell = (by.get((name, r["seq_len"])) for name in COST_REFERENCES)
         if r.get("status") != "ok":
             lines.append(f"| {r['seq_len']} | {r['method']} | {r.get('status')} | | | | | | |")
             continue
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, measure, write the CSV and print the table last."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[100, 300, 1000, 3000], help="sequence lengths T (= L steps)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="engines to measure")
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES, help="engines to measure")
     parser.add_argument("--hidden-size", type=int, default=128, help="LSTM hidden units H")
     parser.add_argument("--batch-size", type=int, default=32, help="batch B")
     parser.add_argument("--k-trunc", type=int, default=10, help="SAB / TBPTT truncation")

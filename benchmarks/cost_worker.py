@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from sab.credit import ENGINES, Batch, build_model
 from sab.measure import MemoryMeter, cuda_peak, rss_peak_bytes, rss_peak_reset, synchronize
-from sab.tasks.base import cross_entropy, one_hot
+from sab.methods import METHODS, build_model
+from sab.tasks import make_task
+from sab.tasks.base import Batch, cross_entropy, one_hot
 
 CLASSES = 10
 
@@ -46,21 +47,27 @@ class Worker:
         torch.manual_seed(0)
         self.config = config
         self.device = torch.device(config["device"])
-        self.model = build_model(config["method"], CLASSES, config["hidden_size"], CLASSES, config["k_top"], config["k_att"]).to(
-            self.device
-        )
-        self.batch = make_batch(config["batch_size"], config["seq_len"], self.device)
+        knobs = {k: config[k] for k in ("k_trunc", "k_top", "k_att", "attn_size", "scorer_init") if k in config}
+        if config.get("task"):  # the sweep's own task: its length, inputs and loss
+            task = make_task(config["task"], config["seq_len"], config.get("data_dir"))
+            sizes, self.loss = (task.input_size, task.output_size), task.loss
+            batch = task.sample(config["batch_size"], torch.Generator().manual_seed(0))
+            self.batch = Batch(batch.inputs.to(self.device), batch.targets.to(self.device), batch.positions.to(self.device))
+        else:
+            sizes, self.loss = (CLASSES, CLASSES), cross_entropy
+            self.batch = make_batch(config["batch_size"], config["seq_len"], self.device)
+        self.model = build_model(config["method"], sizes[0], config["hidden_size"], sizes[1], **knobs).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.engine = ENGINES[config["method"]]
+        self.engine = METHODS[config["method"]].engine
 
     def step(self, meter=None) -> None:
         """One training step: zero grads, the engine's forward and backward, the optimizer."""
         self.optimizer.zero_grad(set_to_none=True)
         if meter is None:
-            self.engine(self.model, self.batch, cross_entropy, self.config["k_trunc"])
+            self.engine(self.model, self.batch, self.loss, self.config["k_trunc"])
         else:
             with meter:
-                self.engine(self.model, self.batch, cross_entropy, self.config["k_trunc"], meter)
+                self.engine(self.model, self.batch, self.loss, self.config["k_trunc"], meter)
         self.optimizer.step()
 
     def memory(self) -> dict:
@@ -73,6 +80,7 @@ class Worker:
         with cuda_peak(self.device) as cuda:
             self.step()
         return {
+            "tokens_per_step": self.batch.inputs.shape[0] * self.batch.inputs.shape[1],
             "peak_saved_bytes": meter.peak_saved_bytes,
             "held_bytes": meter.peak_held_bytes,
             "peak_bytes": meter.peak_bytes,

@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from sab.credit import ENGINES, Batch, build_model
-from sab.tasks.base import cross_entropy
+from sab.methods import METHODS, build_model
+from sab.tasks.base import Batch, cross_entropy
 
 CASES = [  # (dtype, L, k_trunc, k_att, k_top, tolerance)
     (torch.float64, 100, 10, 5, 3, 1e-10),
@@ -36,7 +36,7 @@ def relative_gap(device: torch.device, dtype: torch.dtype, L: int, k_trunc: int,
     grads = []
     for engine in ("sab_reference", "sab"):
         model.zero_grad(set_to_none=True)
-        ENGINES[engine](model, batch, cross_entropy, k_trunc)
+        METHODS[engine].engine(model, batch, cross_entropy, k_trunc)
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     ref, got = grads
     return max(((got[n] - ref[n]).norm() / ref[n].norm()).item() for n in ref)

@@ -18,20 +18,25 @@ from typing import Any
 
 from harness.config import SweepConfig, SweepError
 from sab import METHOD_VERSION
-from sab.credit import USES
-from sab.train import TrialSpec
+from sab.methods import METHODS
+from sab.train import TrialSpec, spec_fields
 
 SCHEMA_VERSION = 1
 """Bumped by hand when what a cell records changes shape."""
 
-METHOD_PARAMS = ("k_trunc", "k_top", "k_att", "attn_size", "scorer_init")
-EXECUTION_DETAILS = ("threads", "weights_path", "time_limit_s", "checkpoint_path", "checkpoint_every", "data_dir")
+METHOD_PARAMS = spec_fields("method")
+EXECUTION_DETAILS = spec_fields("execution")
 _DEFAULTS = TrialSpec()
+
+
+def _ignored(method: str, name: str) -> bool:
+    """A method parameter that this method does not read (it cannot change the cell's result)."""
+    return name in METHOD_PARAMS and name not in METHODS[method].reads
 
 
 def canonical(spec: TrialSpec) -> TrialSpec:
     """The spec with the method parameters its method ignores reset to their defaults."""
-    ignored = {p: getattr(_DEFAULTS, p) for p in METHOD_PARAMS if p not in USES[spec.method]}
+    ignored = {p: getattr(_DEFAULTS, p) for p in METHOD_PARAMS if _ignored(spec.method, p)}
     return dataclasses.replace(spec, **ignored)
 
 
@@ -75,7 +80,7 @@ class Cell:
         """The grid point, readable: method first, then the axes this method uses."""
         parts = [self.spec.method]
         for axis in self.axes:
-            if axis == "method" or (axis in METHOD_PARAMS and axis not in USES[self.spec.method]):
+            if axis == "method" or _ignored(self.spec.method, axis):
                 continue
             value = getattr(self.spec, axis)
             parts.append(f"{axis}={'-'.join(map(str, value)) if isinstance(value, tuple) else value}")
@@ -85,7 +90,7 @@ class Cell:
         """The spec's fields that matter for this method (ignored ones left out), as loggable values."""
         out = {}
         for key, value in dataclasses.asdict(self.spec).items():
-            if key in METHOD_PARAMS and key not in USES[self.spec.method]:
+            if _ignored(self.spec.method, key):
                 continue
             out[key] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
         return out

@@ -35,6 +35,7 @@ TOP_LEVEL_KEYS = (
     "slurm",
     "metric",
     "notes",
+    "lr_source",
 )
 LOWER_IS_BETTER = ("bpc", "loss", "mse")
 SPEC_FIELDS = tuple(f.name for f in fields(TrialSpec))
@@ -92,6 +93,7 @@ class SweepConfig:
     slurm: dict[str, Any] = field(default_factory=dict)
     metric: str = "accuracy"  # the report's main metric (bpc, loss and mse: lower is better)
     notes: str = ""  # shown verbatim in the report
+    lr_source: dict[str, str] = field(default_factory=dict)  # method -> where its lr came from (the report shows it)
     budgets: tuple[str, ...] = ()
     path: str = ""
 
@@ -208,9 +210,16 @@ def _apply_budget(data: dict, user_keys: set[str], path: Path) -> dict:
         raise SweepError(f"unknown budget {budget!r} for sweep {path.stem!r}; valid: {', '.join(budgets) or '(none defined)'}")
     fixed = dict(data.get("fixed") or {})
     grid = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (data.get("grid") or {}).items()}
-    union, exclude = data.get("union"), data.get("exclude")
+    union, exclude, lr_source = data.get("union"), data.get("exclude"), data.get("lr_source")
     for key, value in (budgets[budget] or {}).items():
-        if key == "union":
+        if key == "lr_source":
+            lr_source = value
+        elif key == "resources":  # a budget's resources lay over the file's, key by key
+            if not isinstance(value, dict):
+                raise SweepError(f"{path}: budgets.{budget}.resources must be a mapping, got {value!r}")
+            mine = {k: v for k, v in value.items() if f"resources.{k}" not in user_keys}
+            data = dict(data, resources={**(data.get("resources") or {}), **mine})
+        elif key == "union":
             union = value
         elif key == "exclude":
             exclude = value
@@ -226,7 +235,7 @@ def _apply_budget(data: dict, user_keys: set[str], path: Path) -> dict:
                 fixed[key] = value
     for axis in grid:
         fixed.pop(axis, None)  # a grid axis overrides a fixed value of the same name
-    return dict(data, budget=budget, fixed=fixed, grid=grid, union=union, exclude=exclude)
+    return dict(data, budget=budget, fixed=fixed, grid=grid, union=union, exclude=exclude, lr_source=lr_source)
 
 
 def _validate(name: str, path: Path, data: dict) -> SweepConfig:
@@ -246,6 +255,9 @@ def _validate(name: str, path: Path, data: dict) -> SweepConfig:
         if bad:
             raise SweepError(f"{path}: exclude key {bad[0]!r} is not a parameter; valid: {', '.join(SPEC_FIELDS)}")
     resources = _resources(data.get("resources") or {}, path)
+    lr_source = data.get("lr_source") or {}
+    if not isinstance(lr_source, dict) or not all(isinstance(v, str) for v in lr_source.values()):
+        raise SweepError(f"{path}: lr_source must map a method to a sentence saying where its lr came from, got {lr_source!r}")
     slurm = dict(data.get("slurm") or {})
     bad_slurm = [k for k in slurm if k not in SLURM_KEYS]
     if bad_slurm:
@@ -265,6 +277,7 @@ def _validate(name: str, path: Path, data: dict) -> SweepConfig:
         path=str(path),
         metric=str(data.get("metric") or "accuracy"),
         notes=str(data.get("notes") or "").strip(),
+        lr_source={str(k): v for k, v in lr_source.items()},
     )
 
 

@@ -52,6 +52,14 @@ def metric_plots(cells: pd.DataFrame, out: Path) -> list[Path]:
     return made
 
 
+def attention_png(name: str, result, folder: Path) -> Path:
+    """A trial's attention map (one test sequence) as folder/attention.png, with what its task marks."""
+    share = result.metrics.get("attention_share")
+    title = name + (f" — {share:.0%} of recall attention on the marked memories" if share is not None else "")
+    marks = result.attention_marks or {}
+    return attention_heatmap(result.attention, folder / "attention.png", title, marks.get("recall_steps", 0), marks.get("memory_slots"))
+
+
 def attention_heatmap(
     attention: list[list[float]], path: Path, title: str, recall_steps: int = 0, symbol_slots: list[int] | None = None
 ) -> Path:

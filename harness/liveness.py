@@ -44,4 +44,4 @@ def driver_alive(tags: dict) -> bool:
 def holder_alive(tags: dict) -> bool:
     """Whether a claimed cell is still held: by its Slurm job (collected, never reaped, by a
     rerun with --executor slurm), else by its driver process."""
-    return tags.get("held_by") == "slurm" or driver_alive(tags)
+    return bool(tags.get("held_by")) or driver_alive(tags)  # a claim handed to a job outlives its driver

@@ -3,7 +3,7 @@
     python -m harness.report copy_lengths [--budget quick] [--results-dir results] [--tracking-uri URI]
 
 One row per cell (its latest run with a result status, else its latest failure). Accuracy is
-mean ± std over seeds of the ok cells; where the sweep has an lr axis, each method's lr is picked
+the mean and 95% t interval over seeds of the ok cells (harness/stats.py); where the sweep has an lr axis, each method's lr is picked
 on validation accuracy and its test accuracy shown. Time tables use concurrency-1 rows only.
 """
 
@@ -18,7 +18,10 @@ import pandas as pd
 
 from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
 from harness.figures import metric_plots
+from harness.machine import machine
+from harness.stats import INTERVAL_NAME, difference, estimate
 from harness.tracking import Tracker
+from sab.methods import METHODS, REFERENCES, SUBJECT
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
 GROUP_CANDIDATES = ("task", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps")
@@ -64,12 +67,9 @@ def _group_keys(cells: pd.DataFrame) -> list[str]:
 
 
 def _fmt(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
-    values = pd.to_numeric(values, errors="coerce").dropna() * scale
-    if values.empty:
-        return "—"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f} (n=1)"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f} (n={len(values)})"
+    """Mean [95% interval] (n) over seeds, or '—'."""
+    found = estimate(pd.to_numeric(values, errors="coerce"))
+    return found.text(digits, scale) if found else "—"
 
 
 def _pick_lr(group: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
@@ -155,41 +155,106 @@ def time_table(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def contrast(cells: pd.DataFrame, metric: str = "accuracy") -> list[str]:
-    """One line per seq_len: what SAB buys over BPTT in the metric, memory and (clean) time."""
+    """One line per seq_len: SAB against each reference method in the metric (differences with
+    their 95% intervals, called only when the interval excludes 0), peak memory and clean time."""
     lines = []
     ok = cells[cells["status"] == "ok"]
+    higher_is_better = metric not in LOWER_IS_BETTER
     for seq_len, group in ok.groupby("seq_len"):
-        by = group.groupby("method")
-        if "sab" not in by.groups or "bptt" not in by.groups:
+        by = {name: rows for name, rows in group.groupby("method")}
+        subject, references = by.get(SUBJECT), [name for name in REFERENCES if name in by]
+        if subject is None or not references:
             continue
-        sab, bptt = by.get_group("sab"), by.get_group("bptt")
-        text = f"T={int(seq_len)}: {metric} SAB {sab[metric].mean():.3f} vs BPTT {bptt[metric].mean():.3f}"
-        if "tbptt" in by.groups:
-            text += f" (TBPTT {by.get_group('tbptt')[metric].mean():.3f})"
-        text += f"; peak memory SAB/BPTT = {sab['peak_bytes'].mean() / bptt['peak_bytes'].mean():.2f}"
-        sab_alone, bptt_alone = sab[sab["concurrency"] == 1], bptt[bptt["concurrency"] == 1]
-        if not sab_alone.empty and not bptt_alone.empty:
-            text += f"; s/step SAB/BPTT = {sab_alone['seconds_per_step'].mean() / bptt_alone['seconds_per_step'].mean():.2f}"
+        parts = [f"{name.upper()} {estimate(by[name][metric]).text()}" for name in (SUBJECT, *references)]
+        text = f"T={int(seq_len)}: {metric} " + ", ".join(parts)
+        for name in references:
+            found = difference(SUBJECT.upper(), subject[metric], name.upper(), by[name][metric])
+            text += f"; {found.text(higher_is_better=higher_is_better)}"
+        first = by[references[0]]
+        text += f"; peak memory {SUBJECT.upper()}/{references[0].upper()} = {subject['peak_bytes'].mean() / first['peak_bytes'].mean():.2f}"
         lines.append(text)
     return lines
 
 
-def machine() -> str:
-    """This machine in one line: OS, CPU model, cores, memory, torch."""
-    import os
-    import platform
+TARGET_ACCURACY = 0.9
+"""Time to accuracy counts the steps until validation accuracy first reaches this."""
 
-    import torch
 
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{platform.system()} {platform.machine()}, {model}, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM{gpu}, torch {torch.__version__}"
+def wall_clock_table(timing: pd.DataFrame) -> pd.DataFrame:
+    """The clean timing pass: s/step (median [min, max] over interleaved repetitions), tokens/s, and
+    the ratio to BPTT's median at the same T."""
+    if timing.empty:
+        return pd.DataFrame()
+    frame = _timing_frame(timing)
+    varying = [k for k in ("hidden_size", "batch_size", "k_trunc", "k_top", "k_att") if frame[k].nunique(dropna=True) > 1]
+    rows = []
+    for _, r in frame.sort_values(["seq_len", "method"]).iterrows():
+        reference = frame[(frame["method"] == REFERENCES[0]) & (frame["seq_len"] == r["seq_len"])]["step_seconds"]
+        reads = METHODS[r["method"]].reads if r["method"] in METHODS else ()
+        row = {
+            "method": r["method"],
+            "seq_len": int(r["seq_len"]),
+            **{k: (int(r[k]) if k in reads or k in ("hidden_size", "batch_size") else "—") for k in varying},
+        }
+        row["s/step [min, max]"] = f"{r['step_seconds']:.4f} [{r['step_seconds_min']:.4f}, {r['step_seconds_max']:.4f}]"
+        row["tokens/s"] = f"{r['tokens_per_second']:,.0f}"
+        row[f"/{REFERENCES[0].upper()}"] = f"{r['step_seconds'] / reference.median():.2f}" if not reference.empty else "—"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _timing_frame(timing: pd.DataFrame) -> pd.DataFrame:
+    frame = pd.DataFrame({"method": timing["params.method"]})
+    for key in ("seq_len", "hidden_size", "batch_size", "k_trunc", "k_top", "k_att"):
+        frame[key] = pd.to_numeric(timing.get(f"params.{key}"), errors="coerce")
+    for key in ("step_seconds", "step_seconds_min", "step_seconds_max", "tokens_per_second"):
+        frame[key] = timing.get(f"metrics.{key}")
+    return frame.reset_index(drop=True)
+
+
+def time_to_accuracy(cells: pd.DataFrame, tracker: Tracker, timing: pd.DataFrame) -> pd.DataFrame:
+    """Per method and T: how many seeds' validation accuracy reached TARGET_ACCURACY, the steps it
+    took (mean [95% interval] over those seeds) and that many steps at the clean s/step."""
+    ok = cells[cells["status"] == "ok"]
+    if ok.empty or "val_accuracy" not in ok:
+        return pd.DataFrame()
+    frame = _timing_frame(timing) if not timing.empty else pd.DataFrame(columns=["method", "seq_len", "step_seconds"])
+    rows = []
+    for (method, seq_len), group in ok.groupby(["method", "seq_len"]):
+        steps = [_first_step_at(tracker, run_id, TARGET_ACCURACY) for run_id in group["run_id"]]
+        reached = [s for s in steps if s is not None]
+        clean = frame[(frame["method"] == method) & (frame["seq_len"] == seq_len)]["step_seconds"].median()
+        row = {"method": method, "seq_len": int(seq_len), "reached": f"{len(reached)} of {len(steps)} seeds"}
+        found = estimate(reached)
+        row["steps to reach"] = found.text(0) if found else "not reached"
+        row["wall-clock at clean s/step"] = _duration(found.mean * clean) if found and clean == clean else ("—" if found else "not reached")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _first_step_at(tracker: Tracker, run_id: str, target: float) -> int | None:
+    history = sorted(tracker.client.get_metric_history(run_id, "curve_val_accuracy"), key=lambda m: m.step)
+    return next((m.step for m in history if m.value >= target), None)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def lr_provenance(cells: pd.DataFrame, config: SweepConfig) -> list[str]:
+    """Where each method's learning rate came from: the sweep's lr_source, or the lr axis, or a warning."""
+    lines = []
+    for method in sorted(cells["method"].dropna().unique()):
+        lrs = sorted(cells[cells["method"] == method]["lr"].dropna().unique())
+        used = ", ".join(f"{lr:g}" for lr in lrs)
+        if method in config.lr_source:
+            source = config.lr_source[method]
+        elif len(lrs) > 1:
+            source = "picked per T on validation from the lr axis of this sweep"
+        else:
+            source = "**not chosen on validation** (no lr_source in the sweep file)"
+        lines.append(f"- {method}: lr {used}: {source}")
+    return lines
 
 
 def invocation_times(cells: pd.DataFrame, tracker: Tracker) -> list[str]:
@@ -222,7 +287,7 @@ def attention_section(cells: pd.DataFrame, tracker: Tracker, out: Path) -> list[
     table = rated.groupby(["method", "seq_len"])["attention_share"].mean().reset_index()
     table["attention_share"] = table["attention_share"].map(lambda share: f"{share:.3f}")
     lines.append(_markdown(table.rename(columns={"attention_share": "share on symbol memories"})))
-    shown = rated[rated["method"] == "sab"].sort_values(["seq_len", "seed"], ascending=[False, True]).head(1)
+    shown = rated[rated["method"] == SUBJECT].sort_values(["seq_len", "seed"], ascending=[False, True]).head(1)
     for _, row in shown.iterrows():
         try:
             local = tracker.client.download_artifacts(row["run_id"], "attention.png", str(out))
@@ -261,6 +326,9 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     table = main_table(cells, config)
     table.to_csv(out / "main_table.csv", index=False)
     memory, timing = memory_table(cells), time_table(cells)
+    timing_runs = tracker.timing_runs(config.budget)
+    clean = wall_clock_table(timing_runs)
+    reaching = time_to_accuracy(cells, tracker, timing_runs) if config.metric == "accuracy" else pd.DataFrame()
     made = metric_plots(cells, out)
     statuses = cells["status"].value_counts().sort_index()
     failures = cells[cells["status"].isin(FAILURE_STATUSES + ("oom", "diverged"))]
@@ -281,22 +349,35 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         lines += invocation_times(cells, tracker)
     summary = contrast(cells, config.metric)
     if summary:
-        lines += ["", "## What SAB buys over BPTT", "", *[f"- {s}" for s in summary]]
+        lines += [
+            "",
+            "## What SAB buys over BPTT",
+            "",
+            f"Mean [{INTERVAL_NAME}] (n); a difference is called only when its interval excludes 0.",
+            "",
+            *[f"- {s}" for s in summary],
+        ]
     lines += [
-        "", f"## {config.metric} (test set, mean ± std over seeds{'; lower is better' if config.metric in LOWER_IS_BETTER else ''})", "",
-        f"`{PAPER_COLUMN}`: the paper's figure as quoted by secondary sources (shared/research/paper_figures.md); '—' where none.",
+        "", f"## {config.metric} (test set, mean [{INTERVAL_NAME}] (n){'; lower is better' if config.metric in LOWER_IS_BETTER else ''})", "",
+        f"`{PAPER_COLUMN}`: the paper's figure as quoted by secondary sources (docs/paper_figures.md); '—' where none.",
         "", _markdown(table),
         "", "## Peak training memory", "",
         "Peak of (bytes saved for backward + bytes the engine holds outside autograd) over one training step; "
         "RSS: peak resident growth of the trial process over training.",
         "", _markdown(memory),
-        "", "## Time (cells run one at a time only)", "",
+        "", "## Wall-clock (clean timing pass)", "",
+        "Each (method, T) timed after the cells, one process at a time, one thread, warm-up excluded, "
+        "repetitions interleaved across methods (harness/timing.py, benchmarks/cost.py): median s/step [min, max] of "
+        "the repetitions. Measured on the machine in the header; compare the ratios, not the absolute figures.",
+        "", _markdown(clean) if not clean.empty else "_No clean timing recorded for this budget (a run with --no-timing, or trials on a cluster)._",
+        "", f"## Time to accuracy (validation accuracy >= {TARGET_ACCURACY})", "",
+        "Steps until a seed's validation accuracy first reached the target (mean [95% t interval] over the seeds that reached "
+        "it), and that many steps at the clean s/step above.",
+        "", _markdown(reaching) if not reaching.empty else "_No validation curves recorded._",
+        "", "## Learning rates", "", *lr_provenance(cells, config),
     ]  # fmt: skip
-    if timing.empty:
-        lines.append("_No concurrency-1 rows: these cells ran several at once, so their times are not comparable. "
-                     "Rerun with `--executor local` (one cell at a time) for clean times, or see `python -m benchmarks.cost`._")  # fmt: skip
-    else:
-        lines.append(_markdown(timing))
+    if not timing.empty:
+        lines += ["", "## Time of cells run one at a time", "", _markdown(timing)]
     if not failures.empty:
         lines += ["", "## Cells that did not finish ok", "", _markdown(failures[["name", "status", "error_type", "error"]].fillna(""))]
     lines += attention_section(cells, tracker, out)

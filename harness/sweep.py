@@ -24,7 +24,8 @@ from pathlib import Path
 
 from harness.cells import Cell, check_data, expand
 from harness.config import SweepConfig, SweepError, list_sweeps, load_sweep
-from harness.executors import EXECUTORS, make_executor
+from harness.executors import EXECUTORS, Executor, make_executor
+from harness.timing import clean_timing
 from harness.tracking import RUNNING, Tracker
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--detach", action="store_true", help="slurm: submit and return; rerun the command to collect")
     parser.add_argument("--timing", action="store_true", help="one trial per device at a time (clean times; GPUs: one per GPU)")
     parser.add_argument("--no-report", action="store_true", help="do not rebuild the report at the end")
+    parser.add_argument("--no-timing", action="store_true", help="skip the clean timing pass that ends every run (its wall-clock section)")
     return parser
 
 
@@ -95,21 +97,16 @@ def timing_mode(config: SweepConfig) -> SweepConfig:
     return dataclasses.replace(config, resources=dataclasses.replace(config.resources, max_concurrent=max(1, devices)))
 
 
-def collect_from_slurm(executor, tracker: Tracker, cells: list[Cell], budget: str) -> None:
-    """Log the cells whose Slurm jobs (of an earlier, detached or dead, invocation) have ended."""
-    by_id = {c.cell_id: c for c in cells}
+def collect_handed_off(executor: Executor, tracker: Tracker, cells: list[Cell], budget: str) -> None:
+    """Log the cells that an earlier (detached or dead) invocation handed to jobs that have since ended."""
+    claims = tracker.handed_off(budget, executor.name)
     finished = 0
-    claims = tracker.slurm_claims(budget)
-    for claim in claims:
-        cell = by_id.get(claim["cell_id"])
-        job = executor.job(claim["job_id"], claim["folder"])
-        if cell is None or not job.done(force_check=True):
-            continue
-        outcome = executor.outcome(cell, job)
+    for claim, outcome in executor.collect(cells, claims):
         tracker.log_outcome(outcome, claim["run_id"])
         finished += 1
         print(
-            f"collected {outcome.result.status:8s} {cell.name} from Slurm job {claim['job_id']}  {_metric_text(outcome.result)}", flush=True
+            f"collected {outcome.result.status:8s} {outcome.cell.name} from job {claim['job_id']}  {_metric_text(outcome.result)}",
+            flush=True,
         )
     if claims:
         print(f"{finished} of {len(claims)} submitted cells collected; {len(claims) - finished} still queued or running", flush=True)
@@ -131,8 +128,8 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
     check_data(cells)
     tracker = Tracker(config.name, results_dir, args.tracking_uri)
     tracker.open()
-    if executor.name == "slurm" and not args.dry_run:
-        collect_from_slurm(executor, tracker, cells, config.budget)
+    if not args.dry_run:
+        collect_handed_off(executor, tracker, cells, config.budget)
     statuses = tracker.cell_statuses(config.budget)
     if args.dry_run:
         dry_run(cells, statuses)
@@ -144,12 +141,14 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
         tracker.start_parent(config.budget, executor.name, ["python", "-m", "harness.sweep", *argv])
         claimed, held = tracker.claim(cells, config.budget)
         run_ids = {cell.cell_id: run_id for cell, run_id in claimed}
-        if executor.name == "slurm":
-            executor.on_submit = lambda cell, job_id, folder: tracker.hand_to_slurm(run_ids[cell.cell_id], job_id, folder)
+
+        def on_submit(cell: Cell, job_id: str, folder: str) -> None:
+            tracker.hand_off(run_ids[cell.cell_id], executor.name, job_id, folder)
+
         print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - len(claimed) - held} done, "
               f"{held} running elsewhere, {len(claimed)} to run on {executor.name}", flush=True)  # fmt: skip
         try:
-            for outcome in executor.run([cell for cell, _ in claimed]):
+            for outcome in executor.run([cell for cell, _ in claimed], on_submit):
                 tracker.log_outcome(outcome, run_ids.pop(outcome.cell.cell_id))
                 outcomes.append(outcome)
                 elapsed = time.monotonic() - started
@@ -159,13 +158,22 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
                     flush=True,
                 )
         except KeyboardInterrupt:
-            getattr(executor, "stop", lambda: None)()
+            executor.stop()
             tracker.release(list(run_ids.values()))
             tracker.end_parent(failed=True, killed=True)
             print(f"\ninterrupted: {len(outcomes)} of {len(claimed)} cells finished and are recorded; "
                   f"rerun the same command to run the rest", file=sys.stderr)  # fmt: skip
             return 130
         failed = [o for o in outcomes if o.result.status in FAILURE_STATUSES]
+        if executor.times_here and not args.no_timing:
+            try:
+                tracker.log_timing(clean_timing(cells), config.budget)
+            except KeyboardInterrupt:
+                tracker.end_parent(failed=True, killed=True)
+                print(
+                    "\ninterrupted during the clean timing pass: every cell is recorded; rerun with --no-timing to skip it", file=sys.stderr
+                )
+                return 130
         tracker.end_parent(failed=bool(failed))
     else:
         running = sum(1 for c in cells if statuses.get(c.cell_id) == RUNNING)

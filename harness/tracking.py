@@ -22,7 +22,9 @@ from urllib.parse import urlparse
 
 from harness.config import SweepError
 from harness.executors.base import Outcome
+from harness.figures import attention_png
 from harness.liveness import holder_alive, this_driver
+from harness.machine import machine
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
 RUNNING = "running"
@@ -33,6 +35,11 @@ FINAL_METRICS = (
     "steps_done", "train_seconds", "seconds_per_step", "tokens_per_second", "peak_saved_bytes", "peak_held_bytes",
     "peak_bytes", "peak_rss_bytes", "cuda_max_allocated_bytes", "cuda_max_reserved_bytes",
 )  # fmt: skip
+
+
+TIMING_PARAMS = ("method", "task", "seq_len", "hidden_size", "batch_size", "k_trunc", "k_top", "k_att", "attn_size", "scorer_init",
+                 "threads", "device", "repeats", "steps_per_repeat")  # fmt: skip
+TIMING_METRICS = ("step_seconds", "step_seconds_min", "step_seconds_max", "tokens_per_second", "tokens_per_step", "peak_bytes")
 
 
 def default_uri(results_dir: Path) -> str:
@@ -199,20 +206,20 @@ class Tracker:
                     self.client.set_tag(row["run_id"], "error", "its driver died before the cell finished")
                 self.client.set_terminated(row["run_id"], status="KILLED")
 
-    def hand_to_slurm(self, run_id: str, job_id: str, folder: str) -> None:
-        """The claim is now held by a Slurm job (it outlives this driver; a rerun collects it)."""
+    def hand_off(self, run_id: str, holder: str, job_id: str, folder: str) -> None:
+        """The claim is now held by a job of executor `holder` that outlives this driver; a rerun collects it."""
         with self.lock():
-            for key, value in (("held_by", "slurm"), ("slurm_job_id", job_id), ("slurm_folder", folder)):
+            for key, value in (("held_by", holder), ("job_id", job_id), ("job_folder", folder)):
                 self.client.set_tag(run_id, key, value)
 
-    def slurm_claims(self, budget: str) -> list[dict]:
-        """Claims held by Slurm jobs and not yet collected: run id, cell id, job id, folder."""
+    def handed_off(self, budget: str, holder: str) -> list[dict]:
+        """Claims held by jobs of executor `holder` and not yet collected: run id, cell id, job id, folder."""
         runs = self.cell_runs(budget)
         if runs.empty or "tags.held_by" not in runs:
             return []
-        held = runs[(runs["status"] == "RUNNING") & (runs["tags.held_by"] == "slurm")]
+        held = runs[(runs["status"] == "RUNNING") & (runs["tags.held_by"] == holder)]
         return [
-            {"run_id": r["run_id"], "cell_id": r["tags.cell_id"], "job_id": r["tags.slurm_job_id"], "folder": r["tags.slurm_folder"]}
+            {"run_id": r["run_id"], "cell_id": r["tags.cell_id"], "job_id": r["tags.job_id"], "folder": r["tags.job_folder"]}
             for _, r in held.iterrows()
         ]
 
@@ -263,30 +270,45 @@ class Tracker:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             if result.attention:
                 with tempfile.TemporaryDirectory() as folder:
-                    self.client.log_artifact(run_id, str(attention_png(outcome, Path(folder))))
+                    self.client.log_artifact(run_id, str(attention_png(outcome.cell.name, result, Path(folder))))
             self.client.set_terminated(run_id, status="FAILED" if result.status in FAILURE_STATUSES else "FINISHED")
         return run_id
+
+    def log_timing(self, rows: list[dict], budget: str) -> None:
+        """Record the clean timing pass: one run per configuration (tag kind=timing), under this invocation."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        from harness.timing import timing_key
+
+        now = int(time.time() * 1000)
+        for row in rows:
+            tags = {"kind": "timing", "sweep": self.sweep, "budget": budget, "timing_key": timing_key(row), "status": row.get("status", ""),
+                    "mlflow.runName": f"timing__{row['method']}__seq_len={row['seq_len']}", "mlflow.parentRunId": self.parent_id or "",
+                    "git_sha": git_sha()}  # fmt: skip
+            params = [Param(k, str(row.get(k))) for k in TIMING_PARAMS if row.get(k) not in (None, "")]
+            metrics = [Metric(k, float(row[k]), now, 0) for k in TIMING_METRICS if _finite(row.get(k))]
+            with self.lock():
+                run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+                self.client.log_batch(run_id, metrics=metrics, params=params, tags=[RunTag("machine", machine())])
+                self.client.set_terminated(run_id, status="FINISHED" if row.get("status") == "ok" else "FAILED")
+
+    def timing_runs(self, budget: str):
+        """The latest clean timing of each configuration of this budget, as a pandas DataFrame."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        runs = mlflow.search_runs(
+            experiment_ids=[self.experiment_id], filter_string=f"tags.kind = 'timing' and tags.budget = '{budget}'", max_results=100000
+        )
+        if runs.empty:
+            return runs
+        return runs.sort_values("start_time").groupby("tags.timing_key", as_index=False).tail(1)
 
     def log_artifacts(self, folder: Path) -> None:
         """Attach the report's files to the parent run."""
         if self.parent_id and folder.exists():
             with self.lock():
                 self.client.log_artifacts(self.parent_id, str(folder))
-
-
-def attention_png(outcome: Outcome, folder: Path) -> Path:
-    """The cell's attention map (one test sequence) as attention.png; copy cells mark recall and symbol slots."""
-    from harness.figures import attention_heatmap
-
-    spec = outcome.cell.spec
-    recall, slots = 0, None
-    if spec.task == "copy":
-        from sab.tasks.copy import N_SYMBOLS, CopyTask
-
-        recall, slots = N_SYMBOLS, CopyTask(spec.seq_len).symbol_slots(spec.k_att if spec.method == "sab" else 1)
-    share = outcome.result.metrics.get("attention_share")
-    title = f"{outcome.cell.name}" + (f" — {share:.0%} of recall attention on the symbols' memories" if share is not None else "")
-    return attention_heatmap(outcome.result.attention, folder / "attention.png", title, recall, slots)
 
 
 @contextlib.contextmanager

@@ -1,13 +1,13 @@
 """Credit-assignment engines: each fills `.grad` of the model's parameters for one batch.
 
-    result = ENGINES["sab"](model, batch, loss_fn, k_trunc)      # -> StepResult(loss, logits)
+    result = sab(model, batch, loss_fn, k_trunc)      # -> StepResult(loss, logits); by name: sab.methods.METHODS
 
 bptt            plain LSTM, full BPTT through the fused `nn.LSTM`
 bptt_cell       the same gradient through a step loop (the loop's cost reference)
 tbptt           plain LSTM, a backward after each k_trunc chunk
 self_attention  LSTM + dense softmax attention over all past states, full BPTT
 sab_reference   SAB through plain autograd over the whole graph (obviously right; memory ~ L²/k_att)
-sab             the same gradient in two passes (DESIGN): no-grad forward, then the segments replayed
+sab             the same gradient in two passes (docs/design.md): no-grad forward, then the segments replayed
                 last to first, credit for old memories gathered in a buffer G
 transformer     a small causal Transformer, full backprop (the paper's CIFAR-10 baseline)
 
@@ -16,7 +16,6 @@ Loss = Σ per-position losses at the batch's scored positions / (B · n_position
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,24 +25,8 @@ from sab.measure import NullMeter
 from sab.model import SABLSTM, LSTMModel, lstm_step, segment_columns
 from sab.replay import replay
 from sab.sparse_attention import attention_weights
+from sab.tasks.base import Batch, PositionLoss
 from sab.transformer import CausalTransformer
-
-PositionLoss = Callable[[Tensor, Tensor], Tensor]
-"""(logits (B, n, O), targets (B, n, ...)) -> per-position losses (B, n)."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Inputs of every step, and targets at the scored positions only."""
-
-    inputs: Tensor  # (B, L, I)
-    targets: Tensor  # (B, n, ...) at `positions`
-    positions: Tensor  # (n,) sorted step indices the loss scores
-
-    @property
-    def count(self) -> int:
-        """The global divisor of the loss: B · n_positions."""
-        return self.inputs.shape[0] * len(self.positions)
 
 
 @dataclass
@@ -116,7 +99,7 @@ def tbptt(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int, m
 
 
 def sab_reference(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None, meter=_NULL) -> StepResult:
-    """SAB by plain autograd over one graph (DESIGN steps 1-7, dense scoring over all memories)."""
+    """SAB by plain autograd over one graph (docs/design.md steps 1-7, dense scoring over all memories)."""
     loss, logits = reference_loss(model, batch, loss_fn, k_trunc)
     loss.backward()
     return StepResult(loss.item(), logits.detach())
@@ -195,50 +178,3 @@ def transformer(model: CausalTransformer, batch: Batch, loss_fn: PositionLoss, k
     loss = loss_fn(logits, batch.targets).sum() / batch.count
     loss.backward()
     return StepResult(loss.item(), logits.detach())
-
-
-ENGINES: dict[str, Callable[..., StepResult]] = {
-    "bptt": bptt,
-    "bptt_cell": bptt_cell,
-    "tbptt": tbptt,
-    "self_attention": self_attention,
-    "sab_reference": sab_reference,
-    "sab": sab,
-    "transformer": transformer,
-}
-"""Every engine by name: the `method` of a trial."""
-
-METHODS = tuple(ENGINES)
-
-USES = {
-    "bptt": (),
-    "bptt_cell": (),
-    "tbptt": ("k_trunc",),
-    "self_attention": ("attn_size", "scorer_init"),
-    "sab_reference": ("k_trunc", "k_top", "k_att", "attn_size", "scorer_init"),
-    "sab": ("k_trunc", "k_top", "k_att", "attn_size", "scorer_init"),
-    "transformer": (),
-}
-"""The method parameters each engine reads; the others do not change its result."""
-
-
-def build_model(
-    method: str,
-    input_size: int,
-    hidden_size: int,
-    output_size: int,
-    k_top: int = 5,
-    k_att: int = 10,
-    attn_size: int | None = None,
-    scorer_init: str = "uniform",
-):
-    """The model an engine trains: plain LSTM, dense attention LSTM, or SAB-LSTM."""
-    if method not in ENGINES:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if method in ("bptt", "bptt_cell", "tbptt"):
-        return LSTMModel(input_size, hidden_size, output_size)
-    if method == "transformer":
-        return CausalTransformer(input_size, hidden_size, output_size)
-    if method == "self_attention":
-        return SABLSTM(input_size, hidden_size, output_size, k_top=None, k_att=1, attn_size=attn_size, scorer_init=scorer_init)
-    return SABLSTM(input_size, hidden_size, output_size, k_top=k_top, k_att=k_att, attn_size=attn_size, scorer_init=scorer_init)

@@ -1,4 +1,4 @@
-"""Memory and time meters (DESIGN "Measuring cost honestly").
+"""Memory and time meters (docs/design.md, "Measuring cost honestly").
 
 Memory of an engine = peak over a training step of
     live bytes autograd saved for backward (storages de-duplicated, parameters excluded)

@@ -1,4 +1,4 @@
-"""SAB-LSTM and the plain LSTM of the baselines (DESIGN "The method", steps 1-7).
+"""SAB-LSTM and the plain LSTM of the baselines (docs/design.md, "The method", steps 1-7).
 
 Both hold their LSTM weights in a one-layer `nn.LSTM`, so the same weights run as the fused
 kernel (bptt, tbptt) or step by step (bptt_cell, sab, sab_reference). The input projection
@@ -165,7 +165,7 @@ class SABLSTM(_Recurrent):
         keep_picks: bool = False,
         record_attention: bool = False,
     ) -> FirstPass:
-        """Run steps 1..L without a graph (DESIGN steps 1-7); the sab engine's pass 1.
+        """Run steps 1..L without a graph (docs/design.md, steps 1-7); the sab engine's pass 1.
 
         With `k_trunc`, keeps the state entering each segment; with `keep_picks`, the
         top-(k_top+1) indices of every step, so pass 2 replays the same selection. Input gates

@@ -1,5 +1,5 @@
 """Pass 2 of the two-pass `sab` engine: the k_trunc segments, last to first, each recomputed
-without a graph and differentiated by hand (DESIGN "The method").
+without a graph and differentiated by hand (docs/design.md, "The two-pass engine").
 
 Why by hand: a replayed step is some 25 small tensor operations, and through autograd each one
 also costs a graph node and a backward call, which on a CPU outweighs the arithmetic. Here a
@@ -28,6 +28,8 @@ when it is read. dlogits come with pass 1's logits (the loss of a position needs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -51,11 +53,8 @@ class _Context:
         self.row_of_batch = torch.arange(self.B, device=inputs.device).unsqueeze(1) * self.n_mem  # flat row of slot 0
         self.grad_memories, self.grad_keys = torch.zeros_like(run.bank), torch.zeros_like(run.keys)  # G_M, G_K
         self.eye = torch.eye(self.m, dtype=inputs.dtype, device=inputs.device)
-        lstm = model.lstm
-        self.params = [lstm.weight_ih_l0, lstm.bias_ih_l0, lstm.bias_hh_l0, lstm.weight_hh_l0, scorer.query.weight,
-                       scorer.query.bias, scorer.weight, scorer.key.weight, model.readout.weight, model.readout.bias]  # fmt: skip
-        self.grads = [torch.zeros_like(p) for p in self.params]
-        self.grads[0] = self.grads[0].t().contiguous().t()  # W_ih's gradient summed as (I, 4H): a small-N product is ~4x slower
+        self.model = model
+        self.grads = _ParameterGrads.zeros_for(model)
         self.dx = torch.zeros_like(inputs) if inputs.requires_grad else None
 
     def credited(self, start: int, stop: int) -> bool:
@@ -66,13 +65,49 @@ class _Context:
     def backward(self) -> None:
         """Hand the summed gradients to autograd (hooks, accumulation into `.grad`); the LSTM's come
         in the scaled gate space, w's for its doubled form."""
-        d_w_ih, d_bias, _, d_w_hh, d_w_q, d_b_q, d_w, d_w_m, d_w_out, d_b_out = self.grads
+        g, model, lstm, scorer = self.grads, self.model, self.model.lstm, self.model.scorer
         column = self.cell.scale.unsqueeze(1)
-        bias = d_bias * self.cell.scale
-        grads = [d_w_ih * column, bias, bias, d_w_hh * column, d_w_q, d_b_q, d_w * 2, d_w_m, d_w_out, d_b_out]
-        tensors = self.params + ([self.inputs] if self.dx is not None else [])
+        bias = g.bias * self.cell.scale
+        pairs = [
+            (lstm.weight_ih_l0, g.w_ih * column), (lstm.bias_ih_l0, bias), (lstm.bias_hh_l0, bias), (lstm.weight_hh_l0, g.w_hh * column),
+            (scorer.query.weight, g.w_q), (scorer.query.bias, g.b_q), (scorer.weight, g.w * 2), (scorer.key.weight, g.w_m),
+            (model.readout.weight, g.w_out), (model.readout.bias, g.b_out),
+        ]  # fmt: skip
+        if self.dx is not None:
+            pairs.append((self.inputs, self.dx))
         with torch.enable_grad():
-            torch.autograd.backward(tensors, grads + ([self.dx] if self.dx is not None else []))
+            torch.autograd.backward([t for t, _ in pairs], [d for _, d in pairs])
+
+
+@dataclass
+class _ParameterGrads:
+    """The replay's running parameter gradients, by name. The LSTM's are in the scaled gate space
+    (one bias for b_ih and b_hh, which share it); w's is for its doubled form (see `backward`)."""
+
+    w_ih: Tensor
+    bias: Tensor
+    w_hh: Tensor
+    w_q: Tensor
+    b_q: Tensor
+    w: Tensor
+    w_m: Tensor
+    w_out: Tensor
+    b_out: Tensor
+
+    @classmethod
+    def zeros_for(cls, model: SABLSTM) -> _ParameterGrads:
+        lstm, scorer = model.lstm, model.scorer
+        return cls(
+            w_ih=torch.zeros_like(lstm.weight_ih_l0.t()).t(),  # summed as (I, 4H): a small-N product is ~4x slower
+            bias=torch.zeros_like(lstm.bias_ih_l0),
+            w_hh=torch.zeros_like(lstm.weight_hh_l0),
+            w_q=torch.zeros_like(scorer.query.weight),
+            b_q=torch.zeros_like(scorer.query.bias),
+            w=torch.zeros_like(scorer.weight),
+            w_m=torch.zeros_like(scorer.key.weight),
+            w_out=torch.zeros_like(model.readout.weight),
+            b_out=torch.zeros_like(model.readout.bias),
+        )
 
 
 @torch.no_grad()
@@ -232,7 +267,7 @@ class _Segment:
         dlogits = ctx.dlogits[:, columns].transpose(0, 1).reshape(-1, ctx.dlogits.shape[2])  # (n B, O)
         states = self.b.hs.index_select(0, steps + 1).view(-1, H)
         summaries = self.b.summaries.index_select(0, steps).view(-1, H)
-        d_w_out, d_b_out = ctx.grads[8], ctx.grads[9]
+        d_w_out, d_b_out = ctx.grads.w_out, ctx.grads.b_out
         d_w_out[:, :H].addmm_(dlogits.t(), states)
         d_w_out[:, H:].addmm_(dlogits.t(), summaries)
         d_b_out.add_(dlogits.sum(dim=0))
@@ -257,7 +292,7 @@ class _Segment:
                 slot = (t + 1) // ctx.k_att - 1
                 key_grad = ctx.grad_keys[:, slot]
                 dh = torch.addmm(dh + ctx.grad_memories[:, slot], key_grad, ctx.w_m)
-                ctx.grads[7].addmm_(key_grad.t(), b.s_hs[j + 1])
+                ctx.grads.w_m.addmm_(key_grad.t(), b.s_hs[j + 1])
             dprovisional = dh
             if j >= self.first:
                 if dreadout is not None:
@@ -291,7 +326,8 @@ class _Segment:
     def parameter_gradients(self) -> None:
         """The segment's share of every parameter gradient, each in one matrix product."""
         ctx, b, H, A, k, lo = self.ctx, self.b, self.ctx.H, self.ctx.A, self.k, self.first
-        d_w_ih, d_bias, _, d_w_hh, d_w_q, d_b_q, d_w, _, _, _ = ctx.grads
+        g = ctx.grads
+        d_w_ih, d_bias, d_w_hh, d_w_q, d_b_q, d_w = g.w_ih, g.bias, g.w_hh, g.w_q, g.b_q, g.w
         gates = b.dgates[:k].view(-1, 4 * H)
         d_w_hh.addmm_(gates.t(), b.hs[:k].view(-1, H))
         d_w_ih.t().addmm_(self.x.t(), gates)

@@ -1,7 +1,7 @@
 """The "reminding" of SAB: a query-dependent MLP scorer and the top-k sparsifier.
 
-Scores (DESIGN step 3):   d_i = w · tanh(W_q ĥ_t + W_m m_i + b)
-Weights (DESIGN step 4):  |M| > k_top: δ = the (k_top+1)-th largest d,
+Scores (docs/design.md, step 3):   d_i = w · tanh(W_q ĥ_t + W_m m_i + b)
+Weights (docs/design.md, step 4):  |M| > k_top: δ = the (k_top+1)-th largest d,
                           a_i = relu(d_i - δ) / (Σ_j relu(d_j - δ) + ε)   (exactly k_top weighted)
                           1 <= |M| <= k_top: a = softmax(d)
 Ties: the lower memory index wins (a stable descending sort), the same rule in every engine.

@@ -17,15 +17,15 @@ import os
 import sys
 import time
 import traceback
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import torch
 
 from sab.checkpoint import Checkpointer, restore, training_state
-from sab.credit import ENGINES, METHODS, build_model
 from sab.measure import MemoryMeter, StepTimer, cuda_peak, rss_peak_bytes, rss_peak_reset
-from sab.model import SABLSTM
+from sab.methods import METHOD_NAMES, METHODS, Knobs, ModelShape
 from sab.sparse_attention import SCORER_INITS
 from sab.tasks import TASKS, Task, make_task
 
@@ -40,54 +40,63 @@ FAULTS = ("", "nan", "oom", "sleep", "raise", "exit")
 DTYPES = ("float32", "float64")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
+ROLES = ("experiment", "method", "execution")
+"""What a TrialSpec field is to a cell's identity: `experiment` fields enter it (when not at their
+default), `method` fields only when the cell's method reads them (sab.methods), `execution`
+fields (threads, paths, time caps) never do: they change how a trial runs, not what it measures."""
+
+
+def _field(default, help: str, role: str = "experiment", choices: tuple[str, ...] = (), hidden: bool = False):
+    """A TrialSpec field with what the CLI and the harness derive from it: its help line, its role
+    in a cell's identity, the values it allows, and whether users see it (test hooks do not)."""
+    return field(default=default, metadata={"help": help, "role": role, "choices": choices, "hidden": hidden})
+
+
+_KNOB = Knobs()
 
 
 @dataclass(frozen=True)
 class TrialSpec:
     """Everything that defines one trial; frozen and hashable (a harness cell holds one)."""
 
-    task: str = field(default="copy", metadata=_help("task name: " + ", ".join(TASKS)))
-    method: str = field(default="sab", metadata=_help("credit assignment: " + ", ".join(METHODS)))
-    seq_len: int = field(default=30, metadata=_help("task length parameter T (copy: delay; L = T + 20)"))
-    hidden_size: int = field(default=64, metadata=_help("LSTM hidden units H"))
-    attn_size: int | None = field(default=None, metadata=_help("scorer width A (default H)"))
-    scorer_init: str = field(
-        default="uniform", metadata=_help("scorer initialisation: uniform (w ~ U(±A^-1/2)) or zero (w = 0, b = 0: uniform attention)")
+    task: str = _field("copy", "task name", choices=TASKS)
+    method: str = _field("sab", "credit assignment method (sab.methods)", choices=METHOD_NAMES)
+    seq_len: int = _field(30, "task length parameter T (copy: delay; L = T + 20)")
+    hidden_size: int = _field(64, "LSTM hidden units H")
+    attn_size: int | None = _field(_KNOB.attn_size, "scorer width A (default H)", role="method")
+    scorer_init: str = _field(
+        _KNOB.scorer_init, "scorer initialisation: uniform (w ~ U(±A^-1/2)) or zero (w = 0, b = 0)", role="method", choices=SCORER_INITS
     )
-    k_trunc: int = field(default=5, metadata=_help("local backprop window: the state is detached every k_trunc steps"))
-    k_top: int = field(default=3, metadata=_help("memories attended per step (sab)"))
-    k_att: int = field(default=5, metadata=_help("a memory is written every k_att steps (sab)"))
-    batch_size: int = field(default=32, metadata=_help("sequences per batch"))
-    lr: float = field(default=1e-3, metadata=_help("learning rate"))
-    optimizer: str = field(default="adam", metadata=_help("optimizer: " + ", ".join(OPTIMIZERS)))
-    clip: float = field(default=1.0, metadata=_help("gradient-norm clip (0: none)"))
-    steps: int = field(default=1000, metadata=_help("training steps (one batch each)"))
-    eval_interval: int = field(default=200, metadata=_help("steps between validation evaluations"))
-    eval_batches: int = field(default=4, metadata=_help("batches of the validation and test sets"))
-    solved_patience: int = field(
-        default=0, metadata=_help("stop once validation accuracy is 1.0 at this many evaluations in a row (0: never)")
-    )
-    seed: int = field(default=0, metadata=_help("seed of initialisation and training data"))
-    device: str = field(default="cpu", metadata=_help("cpu, cuda, cuda:N or auto (CUDA when present)"))
-    threads: int = field(default=1, metadata=_help("torch CPU threads of this trial"))
-    data_dir: str | None = field(default=None, metadata=_help("folder of the dataset files (file-backed tasks)"))
-    permutation_seed: int = field(default=0, metadata=_help("seed of the fixed pixel permutation (permuted tasks)"))
-    transfer_lengths: tuple[int, ...] = field(default=(), metadata=_help("also evaluate (no_grad) at these T"))
-    weights_path: str | None = field(default=None, metadata=_help("save the trained weights here"))
-    time_limit_s: float | None = field(default=None, metadata=_help("stop training after this many seconds: status timeout"))
-    dtype: str = field(default="float32", metadata=_help("float32 or float64"))
-    checkpoint_path: str | None = field(default=None, metadata=_help("save/resume the training state here"))
-    checkpoint_every: int = field(default=0, metadata=_help("steps between checkpoints (0: only when signalled)"))
-    inject_fault: str = field(default="", metadata=_help("test the failure paths: nan, oom, sleep, raise or exit (empty: none)"))
+    k_trunc: int = _field(_KNOB.k_trunc, "local backprop window: the state is detached every k_trunc steps", role="method")
+    k_top: int = _field(_KNOB.k_top, "memories attended per step (sab)", role="method")
+    k_att: int = _field(_KNOB.k_att, "a memory is written every k_att steps (sab)", role="method")
+    batch_size: int = _field(32, "sequences per batch")
+    lr: float = _field(1e-3, "learning rate")
+    optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
+    clip: float = _field(1.0, "gradient-norm clip (0: none)")
+    steps: int = _field(1000, "training steps (one batch each)")
+    eval_interval: int = _field(200, "steps between validation evaluations")
+    eval_batches: int = _field(4, "batches of the validation and test sets")
+    solved_patience: int = _field(0, "stop once validation accuracy is 1.0 at this many evaluations in a row (0: never)")
+    seed: int = _field(0, "seed of initialisation and training data")
+    device: str = _field("cpu", "cpu, cuda, cuda:N or auto (CUDA when present)")
+    threads: int = _field(1, "torch CPU threads of this trial", role="execution")
+    data_dir: str | None = _field(None, "folder of the dataset files (file-backed tasks)", role="execution")
+    permutation_seed: int = _field(0, "seed of the fixed pixel permutation (permuted tasks)")
+    transfer_lengths: tuple[int, ...] = _field((), "also evaluate (no_grad) at these T")
+    weights_path: str | None = _field(None, "save the trained weights here", role="execution")
+    time_limit_s: float | None = _field(None, "stop training after this many seconds: status timeout", role="execution")
+    dtype: str = _field("float32", "floating-point type of the model and data", choices=DTYPES)
+    checkpoint_path: str | None = _field(None, "save/resume the training state here", role="execution")
+    checkpoint_every: int = _field(0, "steps between checkpoints (0: only when signalled)", role="execution")
+    inject_fault: str = _field("", "test hook: fail on purpose (nan, oom, sleep, raise, exit)", choices=FAULTS, hidden=True)
 
     def validate(self) -> TrialSpec:
         """Raise one clear ValueError naming the first bad value and what is allowed."""
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
-        if self.method not in ENGINES:
-            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHOD_NAMES)}")
         if self.scorer_init not in SCORER_INITS:
             raise ValueError(f"unknown scorer_init {self.scorer_init!r}; valid: {', '.join(SCORER_INITS)}")
         if not isinstance(self.solved_patience, int) or self.solved_patience < 0:
@@ -147,6 +156,7 @@ class TrialResult:
     threads: int = 1
     torch_version: str = torch.__version__
     attention: list[list[float]] = field(default_factory=list)  # (L, n_mem) weights of one test sequence (attention models)
+    attention_marks: dict = field(default_factory=dict)  # what the task says its map should mark (Task.attention_marks)
     error_type: str = ""
     error: str = ""
     traceback: str = ""
@@ -211,10 +221,12 @@ def evaluate(model, task: Task, batches: list, device: torch.device, dtype: torc
 def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype):
     """The seeded model of a spec, on its device and dtype."""
     torch.manual_seed(spec.seed)
-    model = build_model(
-        spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size, spec.scorer_init
-    )
-    return model.to(device=device, dtype=dtype)
+    return build_model(spec, task).to(device=device, dtype=dtype)
+
+
+def build_model(spec: TrialSpec, task: Task) -> torch.nn.Module:
+    """The (unseeded) model of a spec's method for a task's sizes."""
+    return METHODS[spec.method].build(ModelShape(task.input_size, spec.hidden_size, task.output_size), Knobs.of(spec))
 
 
 def run_trial(spec: TrialSpec, on_report: Callable[[dict], None] | None = None) -> TrialResult:
@@ -239,7 +251,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     result.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
     model = build(spec, task, device, dtype)
-    engine = ENGINES[spec.method]
+    engine = METHODS[spec.method].engine
     optimizer = _optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.seed)
     val_set, test_set = evaluation_set(task, spec, "val"), evaluation_set(task, spec, "test")
@@ -350,14 +362,17 @@ def _final_metrics(spec, task, model, result, val_set, test_set, device, dtype) 
     """Validation and test metrics; transfer lengths only for a trial that finished its steps."""
     metrics = {f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()}
     metrics.update(evaluate(model, task, test_set, device, dtype))
-    if isinstance(model, SABLSTM) and test_set:
+    stride = METHODS[spec.method].memory_stride
+    if stride is not None and test_set:
         with torch.no_grad():
             batch = _to(test_set[0], device, dtype)
             _, attention = model.infer(batch.inputs, return_attention=True)
         if attention[0].numel() <= 200_000:  # one sequence's map, kept small enough to ship back
             result.attention = attention[0].cpu().tolist()
-        if hasattr(task, "attention_share"):
-            metrics["attention_share"] = task.attention_share(attention, model.k_att)
+            result.attention_marks = task.attention_marks(stride(Knobs.of(spec)))
+        share = task.attention_share(attention, stride(Knobs.of(spec)))
+        if share is not None:
+            metrics["attention_share"] = share
     if result.status == "ok":
         for length in spec.transfer_lengths:
             longer = task.at_length(length)
@@ -380,35 +395,68 @@ def load_weights(path: str, device: str = "cpu") -> tuple[torch.nn.Module, Trial
     values["transfer_lengths"] = tuple(values["transfer_lengths"])
     spec = TrialSpec(**values)
     task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
-    model = build_model(
-        spec.method, task.input_size, spec.hidden_size, task.output_size, spec.k_top, spec.k_att, spec.attn_size, spec.scorer_init
-    )
+    model = build_model(spec, task)
     model.load_state_dict(saved["state_dict"])
     return model.to(device=device, dtype=getattr(torch, spec.dtype)), spec
 
 
+def spec_fields(role: str) -> tuple[str, ...]:
+    """Names of the TrialSpec fields with this role (see ROLES)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
+    return tuple(f.name for f in fields(TrialSpec) if f.metadata["role"] == role)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sab.train", description="Run one SAB-bench trial and print its result as JSON.")
+    """One flag per TrialSpec field, typed from its annotation (X | None: optional; tuple[X, ...]: a list)."""
+    parser = _OneLineErrors(
+        prog="python -m sab.train",
+        description="Run one SAB-bench trial and print its result as JSON.",
+        epilog="example: python -m sab.train --task copy --method sab --seq-len 30 --steps 2000\n"
+        "exit codes: 0 a result (ok, oom, diverged), 1 a failure (error, timeout), 2 bad input",
+        formatter_class=_HelpFormatter,
+    )
+    hints = typing.get_type_hints(TrialSpec)
     for f in fields(TrialSpec):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "transfer_lengths":
-            parser.add_argument(flag, type=int, nargs="*", default=[], help=f.metadata["help"])
-        elif f.name in ("attn_size",):
-            parser.add_argument(flag, type=int, default=None, help=f.metadata["help"])
-        elif f.name in ("weights_path", "checkpoint_path", "data_dir"):
-            parser.add_argument(flag, type=str, default=None, help=f.metadata["help"])
-        elif f.name == "time_limit_s":
-            parser.add_argument(flag, type=float, default=None, help=f.metadata["help"])
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+        kind, nargs = _cli_type(hints[f.name])
+        options = {"type": kind, "default": list(f.default) if nargs else f.default, "nargs": nargs}
+        if f.metadata["choices"]:  # shown in --help; a bad value is TrialSpec.validate's one-line error
+            options["metavar"] = "{" + ",".join(c or "''" for c in f.metadata["choices"]) + "}"
+        options["help"] = argparse.SUPPRESS if f.metadata["hidden"] else f.metadata["help"]
+        parser.add_argument("--" + f.name.replace("_", "-"), **options)
     return parser
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the epilog's lines kept as written."""
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad flags are one line (what was wrong, the value, what is allowed) and exit 2, not a usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _cli_type(hint) -> tuple[type, str | None]:
+    """The argparse type and nargs of a field's annotation."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return args[0], "*"
+    if args:  # X | None
+        return args[0], None
+    return hint, None
+
+
+def _spec_from_args(args: dict) -> TrialSpec:
+    """A TrialSpec from parsed flags (lists back to tuples, as the frozen spec holds them)."""
+    return TrialSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: one trial, a progress line per evaluation, the result as JSON; exit 1 on a failure status."""
-    args = vars(_parser().parse_args(argv))
-    args["transfer_lengths"] = tuple(args["transfer_lengths"])
-    spec = TrialSpec(**args)
+    spec = _spec_from_args(vars(_parser().parse_args(argv)))
     try:
         spec.validate()
     except ValueError as error:

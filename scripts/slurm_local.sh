@@ -10,7 +10,7 @@
 # state of jobs that wrote no result (cancelled, killed, timed out); without it, waiting on such
 # a job never returns. SLURM_LOCAL_ACCOUNTING=0 skips it.
 # Knobs: SLURM_LOCAL_DIR (default /tmp/sab-slurm), SLURM_LOCAL_DB_PORT (13306), SLURM_LOCAL_PARTITION (debug).
-# Findings behind the choices: shared/research/slurm_local.md (Slurm 22.05: no cgroup.conf at all,
+# Findings behind the choices: docs/slurm_local.md (Slurm 22.05: no cgroup.conf at all,
 # proctrack/linuxproc + task/none; slurmdbd.conf mode 600; zombies count as dead).
 set -euo pipefail
 

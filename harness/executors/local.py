@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator
 
 from harness.cells import Cell
 from harness.config import Resources
-from harness.executors.base import Outcome, check_this_machine, trial_spec
+from harness.executors.base import Executor, Outcome, SubmitHook, check_this_machine, trial_spec
 from harness.isolation import run_isolated
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     """Sequential execution on this machine (concurrency 1), so its times are clean."""
 
     name = "local"
@@ -24,7 +24,7 @@ class LocalExecutor:
     def check(self, cells: list[Cell]) -> None:
         check_this_machine(self.resources)
 
-    def run(self, cells: list[Cell]) -> Iterator[Outcome]:
+    def run(self, cells: list[Cell], on_submit: SubmitHook | None = None) -> Iterator[Outcome]:
         for cell in cells:
             spec = trial_spec(cell, self.resources)
             report = (lambda point, c=cell: self.on_report(c, point)) if self.on_report else None

@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 from harness.cells import Cell
 from harness.config import Resources, SweepError
-from harness.executors.base import Outcome, check_this_machine, trial_spec
+from harness.executors.base import Executor, Outcome, SubmitHook, check_gpu_reservation, check_this_machine, trial_spec
 from harness.isolation import run_isolated
 from sab.train import TrialResult, TrialSpec
 
@@ -154,7 +154,7 @@ def _private_token() -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Cells as Ray Tune trials with `tune.with_resources`; results yielded as trials finish."""
 
     name = "ray"
@@ -174,13 +174,16 @@ class RayExecutor:
         self.on_report = on_report
         self.concurrency = 1
         self.cluster_address = ""
+        self.times_here = address is None  # a cluster's trials run on its nodes
         if address is None:  # Ray reads RAY_AUTH_MODE when it is imported: before any import of ray
             _private_token()
         else:
             _use_cluster_token()
 
     def check(self, cells: list[Cell]) -> None:
-        """Before Ray starts: the request against this machine (local) ; after connecting: against the cluster."""
+        """Before Ray starts: GPUs reserved for CUDA trials, and the request against this machine
+        (local); after connecting: against the cluster."""
+        check_gpu_reservation(cells, self.resources, self.name)
         if self.address is None:
             check_this_machine(self.resources)
 
@@ -220,7 +223,7 @@ class RayExecutor:
         if ray.is_initialized():
             ray.shutdown()
 
-    def run(self, cells: list[Cell]) -> Iterator[Outcome]:
+    def run(self, cells: list[Cell], on_submit: SubmitHook | None = None) -> Iterator[Outcome]:
         from ray import tune
 
         available = self._connect()

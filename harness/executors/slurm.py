@@ -15,14 +15,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import submitit
 
 from harness.cells import Cell
 from harness.config import SweepConfig, SweepError
-from harness.executors.base import Outcome, trial_spec
+from harness.executors.base import Executor, Outcome, SubmitHook, check_gpu_reservation, trial_spec
 from sab.train import TrialResult, TrialSpec, run_trial
 
 SBATCH_ALLOWED = (
@@ -68,10 +68,11 @@ def _sbatch_available() -> bool:
     return shutil.which("sbatch") is not None and shutil.which("sinfo") is not None
 
 
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     """Cells as submitit job arrays on Slurm (or submitit's `local` cluster, SAB_SLURM_CLUSTER=local)."""
 
     name = "slurm"
+    times_here = False  # jobs run on the cluster's nodes
 
     def __init__(self, config: SweepConfig, folder: Path, detach: bool = False, cluster: str | None = None) -> None:
         self.config, self.resources = config, config.resources
@@ -81,12 +82,13 @@ class SlurmExecutor:
         self.options = dict(config.slurm)
         self.concurrency = 1
         self.jobs: list = []  # every job submitted by this invocation
-        self.on_submit: Callable[[Cell, str, str], None] | None = None
         self.submitted_at: float | None = None
 
     # -- checks before anything is submitted -------------------------------------------------
     def check(self, cells: list[Cell]) -> None:
-        """Refuse what Slurm could not run: no Slurm, unknown partition, GPUs it lacks, odd options."""
+        """Refuse what Slurm could not run: no Slurm, unknown partition, GPUs it lacks, odd options,
+        CUDA trials without a GPU reserved."""
+        check_gpu_reservation(cells, self.resources, self.name)
         extra = self.options.get("additional") or {}
         bad = [k for k in extra if k not in SBATCH_ALLOWED]
         if bad:
@@ -153,7 +155,7 @@ class SlurmExecutor:
             groups.setdefault(timeout_minutes(cell.spec), []).append(cell)
         return groups
 
-    def submit(self, cells: list[Cell]) -> list[tuple[Cell, object]]:
+    def submit(self, cells: list[Cell], on_submit: SubmitHook | None = None) -> list[tuple[Cell, object]]:
         """Submit every cell, one array per resource class; print the job ids."""
         submitted = []
         for group in self._groups(cells).values():
@@ -164,14 +166,14 @@ class SlurmExecutor:
             self.jobs += jobs  # known before anything else can be interrupted: Ctrl-C cancels them all
             for cell, job in zip(group, jobs):
                 submitted.append((cell, job))
-                if self.on_submit:
-                    self.on_submit(cell, job.job_id, str(self.folder))
+                if on_submit:
+                    on_submit(cell, job.job_id, str(self.folder))
         self.submitted_at = time.monotonic()
         self.concurrency = min(len(cells), int(self.options.get("array_parallelism") or self.resources.max_concurrent or len(cells)))
         return submitted
 
-    def run(self, cells: list[Cell]) -> Iterator[Outcome]:
-        submitted = self.submit(cells)
+    def run(self, cells: list[Cell], on_submit: SubmitHook | None = None) -> Iterator[Outcome]:
+        submitted = self.submit(cells, on_submit)
         if self.detach:
             print("detached: rerun the same command to collect the results", flush=True)
             return
@@ -214,6 +216,14 @@ class SlurmExecutor:
             )
         wall = time.monotonic() - self.submitted_at if self.submitted_at else result.train_seconds  # queue time included
         return Outcome(cell, result, self.name, self.concurrency, self.resources.cpus_per_trial, wall, f"slurm:{job.job_id}")
+
+    def collect(self, cells: list[Cell], handed_off: list[dict]) -> Iterator[tuple[dict, Outcome]]:
+        """The handed-off cells whose Slurm jobs (of an earlier, detached or dead, invocation) have ended."""
+        by_id = {c.cell_id: c for c in cells}
+        for claim in handed_off:
+            cell = by_id.get(claim["cell_id"])
+            if cell is not None and self.job(claim["job_id"], claim["folder"]).done(force_check=True):
+                yield claim, self.outcome(cell, self.job(claim["job_id"], claim["folder"]))
 
     def job(self, job_id: str, folder: str):
         """A handle on a job submitted earlier (by a detached invocation)."""

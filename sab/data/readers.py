@@ -18,16 +18,23 @@ class DataError(ValueError):
     """A missing or malformed dataset file; the message names the path and the expected format."""
 
 
-def find(directory: str | Path | None, names: tuple[str, ...], what: str) -> Path:
-    """The first of `names` (tried also with .gz) inside directory, or a DataError saying what was expected."""
+def find(directory: str | Path | None, names: tuple[str, ...], what: str, dataset: str = "") -> Path:
+    """The first of `names` (tried also with .gz) inside directory, or a DataError saying what was
+    expected and the command that fetches (or verifies) `dataset` there."""
+    folder = Path(directory).expanduser() if directory is not None else Path("data") / (dataset or "NAME")
+    fix = (
+        f"; get it with `python -m sab.data fetch {dataset} --to {folder}` (or check copied files with "
+        f"`python -m sab.data verify {dataset} --in {folder}`)"
+        if dataset
+        else ""
+    )
     if directory is None:
-        raise DataError(f"{what}: no data_dir given; set data_dir to the folder holding {names[0]} (python -m sab.data fetch ...)")
-    folder = Path(directory).expanduser()
+        raise DataError(f"{what}: no data_dir given; set data_dir to the folder holding {names[0]}{fix}")
     for name in names:
         for candidate in (folder / name, folder / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
-    raise DataError(f"{folder / names[0]}: missing; expected {what}")
+    raise DataError(f"{folder / names[0]}: missing; expected {what}{fix}")
 
 
 def read_idx(path: Path) -> torch.Tensor:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sab.credit import Batch
-from sab.tasks.base import Task
+from sab.tasks.base import Batch, Task
 
 TOLERANCE = 0.04
 

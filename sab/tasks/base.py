@@ -1,14 +1,31 @@
-"""What a task gives a trial: batches, a per-position loss and its metrics (DESIGN's task table)."""
+"""What a task gives a trial: batches, a per-position loss and its metrics (docs/design.md, "Tasks")."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sab.credit import Batch
+PositionLoss = Callable[[Tensor, Tensor], Tensor]
+"""(logits (B, n, O), targets (B, n, ...)) -> per-position losses (B, n)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs of every step, and targets at the scored positions only."""
+
+    inputs: Tensor  # (B, L, I)
+    targets: Tensor  # (B, n, ...) at `positions`
+    positions: Tensor  # (n,) sorted step indices the loss scores
+
+    @property
+    def count(self) -> int:
+        """The global divisor of the loss: B · n_positions."""
+        return self.inputs.shape[0] * len(self.positions)
 
 
 class Task(ABC):
@@ -45,6 +62,22 @@ class Task(ABC):
         training; dataset tasks override this with their validation or test split."""
         generator = torch.Generator().manual_seed(seed)
         return [self.sample(batch_size, generator) for _ in range(n_batches)]
+
+    def attention_marks(self, memory_stride: int) -> dict[str, int | list[int]]:
+        """What an attention map of this task should mark, for memories written every
+        `memory_stride` steps: `recall_steps` (the last steps that matter) and `memory_slots`
+        (the memories holding what must be recalled). Nothing by default."""
+        return {}
+
+    def attention_share(self, attention: Tensor, memory_stride: int) -> float | None:
+        """Share of the recall steps' attention (B, L, n_mem) on the marked memories; None where
+        the task marks none."""
+        marks = self.attention_marks(memory_stride)
+        if not marks.get("memory_slots"):
+            return None
+        recall = attention[:, -marks["recall_steps"] :]
+        total = recall.sum()
+        return float(recall[..., marks["memory_slots"]].sum() / total) if total > 0 else 0.0
 
     def at_length(self, seq_len: int) -> Task:
         """The same task at another length (transfer evaluation); tasks of fixed length refuse."""

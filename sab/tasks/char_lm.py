@@ -16,9 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from sab.credit import Batch
 from sab.data.readers import DataError, find, read_text
-from sab.tasks.base import Task, cross_entropy, one_hot
+from sab.tasks.base import Batch, Task, cross_entropy, one_hot
 
 
 class CharLM(Task):
@@ -98,7 +97,7 @@ def _split(text: str) -> dict[str, str]:
 
 def text8(seq_len: int, data_dir: str | None) -> CharLM:
     """text8: 100M characters of a-z and space; train / valid / test = 90M / 5M / 5M."""
-    text = read_text(find(data_dir, ("text8",), "the text8 file (lowercase a-z and spaces, from text8.zip)"), "text8 text")
+    text = read_text(find(data_dir, ("text8",), "the text8 file (lowercase a-z and spaces, from text8.zip)", "text8"), "text8 text")
     if len(text) > 10_000_000:
         splits = {"train": text[:90_000_000], "val": text[90_000_000:95_000_000], "test": text[95_000_000:]}
     else:  # a shortened file (tests, trials): the same proportions
@@ -112,7 +111,7 @@ def ptb(seq_len: int, data_dir: str | None) -> CharLM:
     what = "PTB character files ptb.char.train.txt / .valid.txt / .test.txt (from simple-examples.tgz)"
     texts = {}
     for split, suffix in (("train", "train"), ("val", "valid"), ("test", "test")):
-        text = read_text(find(data_dir, (f"ptb.char.{suffix}.txt",), what), what)
+        text = read_text(find(data_dir, (f"ptb.char.{suffix}.txt",), what, "ptb"), what)
         texts[split] = "".join("".join(line.split()) + "\n" for line in text.splitlines())
     ids, vocabulary = _encode(texts)
     return CharLM("ptb", seq_len, ids, vocabulary)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sab.credit import Batch
-from sab.tasks.base import Task, cross_entropy, one_hot
+from sab.tasks.base import Batch, Task, cross_entropy, one_hot
 
 N_SYMBOLS = 10
 BLANK, DELIMITER, CLASSES = 0, 9, 10
@@ -59,11 +58,9 @@ class CopyTask(Task):
         written = [slot for slot in range(self.length // k_att) if (slot + 1) * k_att <= N_SYMBOLS]
         return written or [0]
 
-    def attention_share(self, attention: Tensor, k_att: int) -> float:
-        """Share of the recall steps' attention (B, L, n_mem) that lands on the symbols' memories."""
-        recall = attention[:, -N_SYMBOLS:]
-        total = recall.sum()
-        return float(recall[..., self.symbol_slots(k_att)].sum() / total) if total > 0 else 0.0
+    def attention_marks(self, memory_stride: int) -> dict[str, int | list[int]]:
+        """The 10 recall steps and the memories written while the symbols were read."""
+        return {"recall_steps": N_SYMBOLS, "memory_slots": self.symbol_slots(memory_stride)}
 
     def at_length(self, seq_len: int) -> Task:
         return CopyTask(seq_len)

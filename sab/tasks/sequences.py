@@ -17,9 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from sab.credit import Batch
 from sab.data.readers import DataError, find, read_cifar_batch, read_idx
-from sab.tasks.base import Task, cross_entropy
+from sab.tasks.base import Batch, Task, cross_entropy
 
 VALIDATION_FRACTION = 0.1
 
@@ -83,8 +82,8 @@ def mnist(data_dir: str | None, permutation_seed: int | None) -> SequenceClassif
     what = "MNIST IDX files (train-/t10k- images-idx3-ubyte and labels-idx1-ubyte, optionally .gz)"
     split = {}
     for prefix in ("train", "t10k"):
-        images = read_idx(find(data_dir, (f"{prefix}-images-idx3-ubyte",), what))
-        labels = read_idx(find(data_dir, (f"{prefix}-labels-idx1-ubyte",), what))
+        images = read_idx(find(data_dir, (f"{prefix}-images-idx3-ubyte",), what, "mnist"))
+        labels = read_idx(find(data_dir, (f"{prefix}-labels-idx1-ubyte",), what, "mnist"))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
                 f"{data_dir}: {prefix} images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match; expected (N, 28, 28) and (N,)"
@@ -97,8 +96,8 @@ def mnist(data_dir: str | None, permutation_seed: int | None) -> SequenceClassif
 def cifar10(data_dir: str | None, permutation_seed: int | None = None) -> SequenceClassification:
     """Sequential CIFAR-10 from the python batches: 1024 steps of (R, G, B)."""
     what = "CIFAR-10 python batches (data_batch_1..5, test_batch from cifar-10-python.tar.gz)"
-    parts = [read_cifar_batch(find(data_dir, (f"data_batch_{i}",), what)) for i in range(1, 6)]
-    test = read_cifar_batch(find(data_dir, ("test_batch",), what))
+    parts = [read_cifar_batch(find(data_dir, (f"data_batch_{i}",), what, "cifar10")) for i in range(1, 6)]
+    test = read_cifar_batch(find(data_dir, ("test_batch",), what, "cifar10"))
 
     def as_sequence(images: Tensor) -> Tensor:
         return images.view(-1, 3, 1024).transpose(1, 2).float() / 255.0  # planes R, G, B -> (N, 1024, 3)

@@ -1,4 +1,4 @@
-"""The cost benchmark shows what DESIGN promises: SAB's memory does not grow with the graph."""
+"""The cost benchmark shows what docs/design.md promises: SAB's memory does not grow with the graph."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _peak(rows, method, T):
 
 
 def design_slope() -> float:
-    """Bytes per step DESIGN's formula gives sab: bank + key cache and their gradient buffer G per
+    """Bytes per step docs/design.md's formula gives sab: bank + key cache and their gradient buffer G per
     memory, two boundary states per segment, k_top+1 int32 picks per step, plus the logits it
     returns and their loss gradient (O each per step)."""
     return B * F * (2 * (H + A) / K_ATT + 2 * H / K_TRUNC + (K_TOP + 1) + 2 * CLASSES)

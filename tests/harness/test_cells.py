@@ -1,4 +1,4 @@
-"""Grid expansion is deterministic; cell ids are content-addressed as DESIGN says."""
+"""Grid expansion is deterministic; cell ids are content-addressed as docs/design.md says."""
 
 from __future__ import annotations
 

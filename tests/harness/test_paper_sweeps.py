@@ -30,4 +30,12 @@ def test_missing_dataset_fails_before_anything_starts(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "nowhere/train-images-idx3-ubyte: missing; expected MNIST IDX files" in err
+    assert f"python -m sab.data fetch mnist --to {tmp_path / 'nowhere'}" in err  # the fix, named
     assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_names_the_fetch_command_for_missing_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["pmnist", "budget=smoke", f"data_dir={tmp_path / 'nowhere'}", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "python -m sab.data fetch mnist --to " in err and "python -m sab.data verify mnist --in " in err

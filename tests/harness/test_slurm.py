@@ -165,12 +165,12 @@ def test_interrupted_trial_resumes_from_its_checkpoint_to_the_same_metrics(slurm
     first = cli(["harness.sweep", "long", "--executor", "slurm", "--detach"], work, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     run = _runs(work, "long").iloc[0]
-    job = submitit.SlurmJob(folder=run["tags.slurm_folder"] + "/%j", job_id=run["tags.slurm_job_id"])
-    checkpoints = list((Path(run["tags.slurm_folder"]) / "checkpoints").glob("*.pt"))
+    job = submitit.SlurmJob(folder=run["tags.job_folder"] + "/%j", job_id=run["tags.job_id"])
+    checkpoints = list((Path(run["tags.job_folder"]) / "checkpoints").glob("*.pt"))
     deadline = time.monotonic() + 120
     while not checkpoints and time.monotonic() < deadline:  # interrupt once it has saved a checkpoint
         time.sleep(0.2)
-        checkpoints = list((Path(run["tags.slurm_folder"]) / "checkpoints").glob("*.pt"))
+        checkpoints = list((Path(run["tags.job_folder"]) / "checkpoints").glob("*.pt"))
     assert checkpoints, "the trial never checkpointed"
     if how == "preemption_signal":
         job._interrupt()  # SIGTERM then USR2, as Slurm preemption: save at a step boundary, requeue
@@ -198,13 +198,13 @@ def test_cancelled_job_is_a_failed_cell_not_a_hang(slurm, tmp_path):
     first = cli(["harness.sweep", "long", "steps=100000", "--executor", "slurm", "--detach"], work, env=env)
     assert first.returncode == 0
     run = _runs(work, "long").iloc[0]
-    subprocess.run(["scancel", run["tags.slurm_job_id"]], check=True)
+    subprocess.run(["scancel", run["tags.job_id"]], check=True)
     deadline = time.monotonic() + 120
     cancelled = run
     while time.monotonic() < deadline:  # reruns collect it (and resubmit the failed cell, detached)
         cli(["harness.sweep", "long", "steps=100000", "--executor", "slurm", "--detach", "--no-report"], work, env=env, timeout=120)
         runs = _runs(work, "long")
-        cancelled = runs[runs["tags.slurm_job_id"] == run["tags.slurm_job_id"]].iloc[0]
+        cancelled = runs[runs["tags.job_id"] == run["tags.job_id"]].iloc[0]
         if cancelled["tags.status"] != "running":
             break
         time.sleep(2)

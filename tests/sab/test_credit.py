@@ -1,4 +1,4 @@
-"""The engines compute the gradients DESIGN defines: two-pass SAB = the one-graph reference, and
+"""The engines compute the gradients docs/design.md defines: two-pass SAB = the one-graph reference, and
 the reference itself checked independently (against TBPTT/BPTT, gradcheck, a hand-derived path)."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sab.credit import ENGINES, Batch, build_model, reference_loss
+from sab.credit import reference_loss
+from sab.methods import METHODS, build_model
 from sab.model import lstm_step
-from sab.tasks.base import cross_entropy
+from sab.tasks.base import Batch, cross_entropy
 
 
 def _batch(B: int, L: int, inputs: int, classes: int, dtype=torch.float64, seed: int = 0, positions=None) -> Batch:
@@ -21,7 +22,7 @@ def _batch(B: int, L: int, inputs: int, classes: int, dtype=torch.float64, seed:
 
 def _grads(method: str, model, batch: Batch, k_trunc) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    out = ENGINES[method](model, batch, cross_entropy, k_trunc)
+    out = METHODS[method].engine(model, batch, cross_entropy, k_trunc)
     grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
     return out.loss, grads
 
@@ -154,13 +155,13 @@ def test_hand_derived_gradient_path(engine):
     model = build_model("sab", 3, 4, 3, k_top=1, k_att=2).double()
     batch = _batch(2, 6, 3, 3, positions=[5])
     x = batch.inputs.clone().requires_grad_()
-    ENGINES[engine](model, Batch(x, batch.targets, batch.positions), cross_entropy, 1)
+    METHODS[engine].engine(model, Batch(x, batch.targets, batch.positions), cross_entropy, 1)
     reached = [t + 1 for t in range(6) if x.grad[:, t].abs().sum() > 0]
     assert reached == [2, 4, 6]
 
     plain = build_model("tbptt", 3, 4, 3).double()
     x2 = batch.inputs.clone().requires_grad_()
-    ENGINES["tbptt"](plain, Batch(x2, batch.targets, batch.positions), cross_entropy, 1)
+    METHODS["tbptt"].engine(plain, Batch(x2, batch.targets, batch.positions), cross_entropy, 1)
     assert [t + 1 for t in range(6) if x2.grad[:, t].abs().sum() > 0] == [6]
 
 
@@ -170,7 +171,7 @@ def test_credit_skips_the_local_window_between_memories():
     model = build_model("sab", 3, 4, 3, k_top=1, k_att=4).double()
     batch = _batch(2, 8, 3, 3, positions=[7])
     x = batch.inputs.clone().requires_grad_()
-    ENGINES["sab"](model, Batch(x, batch.targets, batch.positions), cross_entropy, 2)
+    METHODS["sab"].engine(model, Batch(x, batch.targets, batch.positions), cross_entropy, 2)
     assert [t + 1 for t in range(8) if x.grad[:, t].abs().sum() > 0] == [3, 4, 7, 8]
 
 
@@ -180,7 +181,7 @@ def test_self_attention_is_dense_full_bptt():
     assert model.k_top is None and model.k_att == 1
     batch = _batch(2, 10, 3, 3, dtype=torch.float32, positions=[9])
     x = batch.inputs.clone().requires_grad_()
-    ENGINES["self_attention"](model, Batch(x, batch.targets, batch.positions), cross_entropy, 2)
+    METHODS["self_attention"].engine(model, Batch(x, batch.targets, batch.positions), cross_entropy, 2)
     assert (x.grad.abs().sum(dim=(0, 2)) > 0).all()  # k_trunc is ignored: every step is reached
 
 

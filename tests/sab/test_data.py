@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from sab.credit import ENGINES, build_model
 from sab.data.readers import DataError, read_cifar_batch, read_idx
 from sab.data.registry import DATASETS, Dataset, Remote, fetch
+from sab.methods import METHODS, build_model
 from sab.tasks import TASKS, make_task
 
 
@@ -166,7 +166,7 @@ def _falls(task_name: str, seq_len: int, data_dir: str | None, method: str = "sa
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
-        losses.append(ENGINES[method](model, batch, task.loss, 8).loss)
+        losses.append(METHODS[method].engine(model, batch, task.loss, 8).loss)
         optimizer.step()
     return losses[0], min(losses[-10:])
 

@@ -1,4 +1,4 @@
-"""The sparsifier and scorer of DESIGN steps 3-4: exactly k_top weights, k_top+1 rows with credit,
+"""The sparsifier and scorer of docs/design.md steps 3-4: exactly k_top weights, k_top+1 rows with credit,
 a query-dependent scorer, the softmax phase, the tie rule."""
 
 from __future__ import annotations
@@ -93,13 +93,13 @@ def test_every_scorer_parameter_gets_gradient():
 
 
 def test_model_scorer_gets_gradient_through_the_sab_engine():
-    from sab.credit import ENGINES, Batch
-    from sab.tasks.base import cross_entropy
+    from sab.methods import METHODS
+    from sab.tasks.base import Batch, cross_entropy
 
     torch.manual_seed(2)
     model = SABLSTM(3, 8, 3, k_top=2, k_att=2)
     batch = Batch(torch.randn(2, 30, 3), torch.randint(0, 3, (2, 30)), torch.arange(30))
-    ENGINES["sab"](model, batch, cross_entropy, 5)
+    METHODS["sab"].engine(model, batch, cross_entropy, 5)
     for name, p in model.scorer.named_parameters():
         assert p.grad.abs().sum() > 0, name
 

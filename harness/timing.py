@@ -1,0 +1,52 @@
+"""The clean timing pass every default sweep run ends with: wall-clock a researcher can compare.
+
+Cells of a sweep run side by side and share the machine, so their own s/step are not comparable.
+This pass times each distinct (method, task, T, sizes, knobs) of the sweep with the benchmarks'
+code (benchmarks/cost.py): one fresh process per configuration, one thread, warm-up excluded,
+repetitions interleaved across the methods of a length, medians with their min and max.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from benchmarks.cost import CostConfig, measure
+from harness.cells import Cell
+from sab.methods import KNOBS, METHODS
+
+REPEATS = 5
+"""Interleaved repetitions per configuration."""
+STEPS_PER_REPEAT = 10
+"""Training steps per repetition (their mean is one sample; the median over repetitions is reported)."""
+
+
+def timing_configs(cells: list[Cell]) -> list[CostConfig]:
+    """One configuration per distinct training setup of the cells (seeds and lrs do not change a step's cost)."""
+    configs: dict[CostConfig, None] = {}
+    for cell in cells:
+        spec = cell.spec
+        reads = METHODS[spec.method].reads
+        knobs = {name: getattr(spec, name) for name in KNOBS if name in reads}
+        base = CostConfig(method=spec.method, seq_len=spec.seq_len, task=spec.task, data_dir=spec.data_dir, threads=1, device="cpu")
+        configs[dataclasses.replace(base, hidden_size=spec.hidden_size, batch_size=spec.batch_size, **knobs)] = None
+    return list(configs)
+
+
+def clean_timing(cells: list[Cell], repeats: int = REPEATS, steps: int = STEPS_PER_REPEAT, log=print) -> list[dict]:
+    """Time every configuration of the cells, one process at a time; rows with step_seconds (median),
+    its min and max over repetitions, and tokens per step."""
+    configs = timing_configs(cells)
+    log(f"clean timing: {len(configs)} configurations, one process at a time, one thread, {repeats} x {steps} steps each")
+    rows = measure(configs, repeats, steps, log=lambda line: None)
+    for row in rows:
+        seconds = row.get("step_seconds")
+        row["tokens_per_second"] = (
+            row["tokens_per_step"] / seconds if seconds and seconds == seconds and row.get("tokens_per_step") else float("nan")
+        )
+    return rows
+
+
+def timing_key(row: dict) -> str:
+    """What identifies a timing row in the store: its method, task, T and sizes."""
+    fields = ("method", "task", "seq_len", "hidden_size", "batch_size", *KNOBS)
+    return "__".join(f"{name}={row.get(name)}" for name in fields)
