@@ -197,9 +197,31 @@ def load_sweep(name: str, overrides: list[str] | None = None, directory: Path | 
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise SweepError(f"{path}: unknown top-level key {unknown[0]!r}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+    _check_shapes(raw, path)
     hydra_overrides, user_keys = _expand_overrides(list(overrides or []), raw)
     data = _compose(name, directory, hydra_overrides)
+    _check_shapes(data, path)
     return _validate(name, path, _apply_budget(data, user_keys, path))
+
+
+SECTION_SHAPES = {
+    "name": (str,), "description": (str,), "budget": (str,), "metric": (str,), "notes": (str,),
+    "fixed": (dict,), "grid": (dict,), "budgets": (dict,), "resources": (dict,), "slurm": (dict,), "lr_source": (dict,),
+    "union": (list,), "exclude": (list,), "paper": (list,),
+}  # fmt: skip
+"""What each top-level section of a sweep file must be (None, an empty section, is allowed)."""
+
+
+def _check_shapes(data: dict, path: Path) -> None:
+    """A section of the wrong kind (`grid: 5`, `fixed: [1, 2]`) is one clear line, not a traceback."""
+    for key, kinds in SECTION_SHAPES.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, kinds):
+            kind = "a mapping (key: value)" if kinds == (dict,) else ("a list" if kinds == (list,) else "a string")
+            raise SweepError(f"{path}: {key!r} must be {kind}, got {value!r}")
+    for budget, value in (data.get("budgets") or {}).items():
+        if value is not None and not isinstance(value, dict):
+            raise SweepError(f"{path}: budget {budget!r} must be a mapping of settings, got {value!r}")
 
 
 def _apply_budget(data: dict, user_keys: set[str], path: Path) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -315,12 +316,25 @@ def _cell_text(value) -> str:
 
 
 def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_seconds: float | None = None) -> Path:
-    """Build the report of one sweep and budget into out_root/NAME/; returns the report path."""
-    out = out_root / config.name
-    out.mkdir(parents=True, exist_ok=True)
+    """Build the report of one sweep and budget into out_root/NAME/BUDGET/; returns the report path.
+
+    A report is never replaced by one of fewer cells (another store, a fresh clone, a second
+    driver that started later): that one is kept, and the call says so. `report_files(path)` lists
+    what this call wrote, so only those go to MLflow.
+    """
+    out = report_folder(out_root, config)
     cells = load_cells(tracker, config.budget)
+    kept = _cells_in(out)
+    if len(cells) < kept or (cells.empty and (out / "report.md").exists()):
+        print(
+            f"kept {out / 'report.md'}: it shows {kept} cells and this store has {len(cells)} for budget {config.budget!r}", file=sys.stderr
+        )
+        _WRITTEN[out / "report.md"] = []
+        return out / "report.md"
+    out.mkdir(parents=True, exist_ok=True)
     if cells.empty:
         (out / "report.md").write_text(f"# {config.name} ({config.budget})\n\nNo runs recorded yet.\n")
+        _WRITTEN[out / "report.md"] = [out / "report.md"]
         return out / "report.md"
     cells.to_csv(out / "cells.csv", index=False)
     table = main_table(cells, config)
@@ -394,7 +408,30 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    attention_files = re.findall(r"\]\((attention_[^)]+\.png)\)", "\n".join(lines))
+    _WRITTEN[path] = [path, out / "cells.csv", out / "main_table.csv", *made, *(out / name for name in attention_files)]
     return path
+
+
+_WRITTEN: dict[Path, list[Path]] = {}
+
+
+def report_files(path: Path) -> list[Path]:
+    """The files the last `write_report` that returned `path` wrote (none when it kept an older report)."""
+    return [p for p in _WRITTEN.get(path, []) if p.exists()]
+
+
+def report_folder(out_root: Path, config: SweepConfig) -> Path:
+    """Where a sweep's report for its budget lives: results/NAME/BUDGET/."""
+    return out_root / config.name / config.budget
+
+
+def _cells_in(folder: Path) -> int:
+    """How many cells the report in `folder` shows (0 when there is none)."""
+    try:
+        return len(pd.read_csv(folder / "cells.csv"))
+    except (OSError, pd.errors.EmptyDataError):
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,13 +127,12 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
     executor.check(cells)
     check_data(cells)
     tracker = Tracker(config.name, results_dir, args.tracking_uri)
-    tracker.open()
-    if not args.dry_run:
-        collect_handed_off(executor, tracker, cells, config.budget)
-    statuses = tracker.cell_statuses(config.budget)
-    if args.dry_run:
-        dry_run(cells, statuses)
+    if args.dry_run:  # reads the store if there is one; writes nothing
+        dry_run(cells, tracker.cell_statuses(config.budget) if tracker.find() else {})
         return 0
+    tracker.open()
+    collect_handed_off(executor, tracker, cells, config.budget)
+    statuses = tracker.cell_statuses(config.budget)
     todo = [c for c in cells if statuses.get(c.cell_id) not in RESULT_STATUSES + (RUNNING,)]
     started = time.monotonic()
     outcomes = []
@@ -181,10 +180,10 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
               f"{running} running elsewhere, 0 to run", flush=True)  # fmt: skip
     wall = time.monotonic() - started
     if not args.no_report:
-        from harness.report import write_report
+        from harness.report import report_files, write_report
 
         path = write_report(config, tracker, results_dir, wall_seconds=wall if todo else None)
-        tracker.log_artifacts(path.parent)
+        tracker.log_report(report_files(path))
         print(f"report: {path}")
     return _summary(outcomes, wall)
 

@@ -78,9 +78,12 @@ def check_reachable(uri: str) -> None:
             ) from None
     elif parsed.scheme == "sqlite":
         folder = Path(uri[len("sqlite:///") :]).parent
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SweepError(f"cannot create the results folder {folder} ({error.strerror}); pass a writable --results-dir") from None
         if not os.access(folder, os.W_OK):
-            raise SweepError(f"tracking store folder {folder} is not writable")
+            raise SweepError(f"tracking store folder {folder} is not writable; pass a writable --results-dir")
     elif parsed.scheme not in ("file", "databricks", "postgresql", "mysql", "mssql"):
         raise SweepError(f"tracking URI {uri!r} has an unknown scheme {parsed.scheme!r}; valid: sqlite:///PATH, http(s)://HOST:PORT")
 
@@ -129,7 +132,7 @@ class Tracker:
     def open(self) -> str:
         """Create the store and the sweep's experiment (driver first, before any trial starts)."""
         check_reachable(self.uri)
-        with self.lock():
+        with self.lock(), _store_errors(self.uri):
             experiment = self.client.get_experiment_by_name(self.sweep)
             if experiment is None:
                 location = self.artifact_root + "/" + self.sweep if self.uri.startswith("sqlite") else None
@@ -137,6 +140,16 @@ class Tracker:
             else:
                 self.experiment_id = experiment.experiment_id
         return self.experiment_id
+
+    def find(self) -> bool:
+        """Bind to the sweep's experiment if the store and the experiment exist; creates nothing
+        (a local store that does not exist yet is not created)."""
+        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///") :]).is_file():
+            return False
+        with _store_errors(self.uri):
+            experiment = self.client.get_experiment_by_name(self.sweep)
+        self.experiment_id = experiment.experiment_id if experiment is not None else None
+        return experiment is not None
 
     def cell_runs(self, budget: str | None = None):
         """Every active child run of the sweep (optionally one budget) as a pandas DataFrame."""
@@ -304,11 +317,26 @@ class Tracker:
             return runs
         return runs.sort_values("start_time").groupby("tags.timing_key", as_index=False).tail(1)
 
-    def log_artifacts(self, folder: Path) -> None:
-        """Attach the report's files to the parent run."""
-        if self.parent_id and folder.exists():
+    def log_report(self, files: list[Path]) -> None:
+        """Attach this invocation's report files (only those it wrote) to its parent run."""
+        if self.parent_id and files:
             with self.lock():
-                self.client.log_artifacts(self.parent_id, str(folder))
+                for path in files:
+                    self.client.log_artifact(self.parent_id, str(path))
+
+
+@contextlib.contextmanager
+def _store_errors(uri: str):
+    """A store MLflow cannot read (a corrupt or foreign SQLite file) is one line naming it and the fix."""
+    try:
+        yield
+    except SweepError:
+        raise
+    except Exception as error:  # MLflow wraps SQLAlchemy's errors in several types
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise SweepError(
+            f"tracking store {uri} cannot be read ({type(error).__name__}: {first}); move it aside to start a new store, or pass --tracking-uri"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -35,6 +35,9 @@ VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
 RESULT_STATUSES = ("ok", "oom", "diverged")
 FAILURE_STATUSES = ("error", "timeout")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+DIVERGENCE_FACTOR, DIVERGENCE_FLOOR = 100.0, 0.1
+"""A trial has diverged when its loss is not finite or exceeds DIVERGENCE_FACTOR x its first loss
+(at least DIVERGENCE_FLOOR, so a tiny starting loss does not make noise look like divergence)."""
 FAULTS = ("", "nan", "oom", "sleep", "raise", "exit")
 """Faults a trial can inject into itself, so tests drive the harness's failure paths for real."""
 DTYPES = ("float32", "float64")
@@ -114,7 +117,7 @@ class TrialSpec:
             "threads",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.attn_size is not None and self.attn_size < 1:
             raise ValueError(f"attn_size must be >= 1 or None, got {self.attn_size!r}")
@@ -122,8 +125,19 @@ class TrialSpec:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        for name, low in (("lr", "> 0"), ("clip", ">= 0")):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not (value > 0 or (low == ">= 0" and value == 0))
+            ):
+                raise ValueError(f"{name} must be a finite number {low}, got {value!r}")
+        if self.time_limit_s is not None and (
+            not isinstance(self.time_limit_s, (int, float)) or not math.isfinite(self.time_limit_s) or self.time_limit_s <= 0
+        ):
+            raise ValueError(f"time_limit_s must be a finite number of seconds > 0 (or unset), got {self.time_limit_s!r}")
         if any(t < 1 for t in self.transfer_lengths):
             raise ValueError(f"transfer_lengths must all be >= 1, got {self.transfer_lengths!r}")
         if self.inject_fault not in FAULTS:
@@ -274,9 +288,11 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
             for step in range(first_step, spec.steps + 1):
                 out = _train_step(spec, step, task, model, engine, optimizer, generator, timer, result, device, dtype)
                 result.steps_done = step
-                if not math.isfinite(out.loss):
+                if step == first_step:
+                    first_loss = out.loss if math.isfinite(out.loss) else math.inf
+                if not math.isfinite(out.loss) or out.loss > DIVERGENCE_FACTOR * max(first_loss, DIVERGENCE_FLOOR):
                     result.status = "diverged"
-                    result.error = f"training loss became {out.loss} at step {step}"
+                    result.error = f"training loss became {out.loss:.4g} at step {step} (it started at {first_loss:.4g})"
                     break
                 over_time = spec.time_limit_s is not None and time.monotonic() - started > spec.time_limit_s
                 if step % spec.eval_interval == 0 or step == spec.steps or over_time:
@@ -449,6 +465,19 @@ def _cli_type(hint) -> tuple[type, str | None]:
     return hint, None
 
 
+def attention_note(spec: TrialSpec, length: int) -> str:
+    """What a user should know when the sparsity settings cannot act as asked at this length."""
+    if "k_top" not in METHODS[spec.method].reads:
+        return ""
+    memories = length // spec.k_att
+    if spec.k_top >= memories:
+        return (
+            f"k_top={spec.k_top} >= the {memories} memories a sequence of {length} steps writes (k_att={spec.k_att}): "
+            "every step attends to all memories through a softmax, never sparsely"
+        )
+    return ""
+
+
 def _spec_from_args(args: dict) -> TrialSpec:
     """A TrialSpec from parsed flags (lists back to tuples, as the frozen spec holds them)."""
     return TrialSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
@@ -459,9 +488,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = _spec_from_args(vars(_parser().parse_args(argv)))
     try:
         spec.validate()
+        resolve_device(spec.device)
+        task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    note = attention_note(spec, task.length)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
 
     def progress(point: dict) -> None:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in point.items())

@@ -69,9 +69,18 @@ def check_gpu_reservation(cells: list[Cell], resources: Resources, executor: str
         )
 
 
-def check_this_machine(resources: Resources) -> None:
-    """Refuse, in one line, a per-trial request this machine cannot meet (CPUs, memory, CUDA GPUs)."""
+def check_this_machine(resources: Resources, cells: list[Cell] = ()) -> None:
+    """Refuse, in one line, a per-trial request this machine cannot meet (CPUs, memory, CUDA GPUs,
+    a device named cuda where there is none)."""
     import os
+
+    from sab.train import resolve_device
+
+    for device in sorted({c.spec.device for c in cells}):
+        try:
+            resolve_device(device)
+        except ValueError as error:
+            raise SweepError(f"{error} (set device=cpu or device=auto)") from None
 
     cpus = os.cpu_count() or 1
     if resources.cpus_per_trial > cpus:

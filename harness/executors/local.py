@@ -22,7 +22,7 @@ class LocalExecutor(Executor):
         self.on_report = on_report
 
     def check(self, cells: list[Cell]) -> None:
-        check_this_machine(self.resources)
+        check_this_machine(self.resources, cells)
 
     def run(self, cells: list[Cell], on_submit: SubmitHook | None = None) -> Iterator[Outcome]:
         for cell in cells:

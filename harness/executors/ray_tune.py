@@ -185,7 +185,7 @@ class RayExecutor(Executor):
         (local); after connecting: against the cluster."""
         check_gpu_reservation(cells, self.resources, self.name)
         if self.address is None:
-            check_this_machine(self.resources)
+            check_this_machine(self.resources, cells)
 
     def _connect(self) -> dict:
         import ray

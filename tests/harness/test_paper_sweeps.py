@@ -12,9 +12,9 @@ from tests.conftest import cli
 def test_copy_transfer_smoke_has_a_column_per_evaluated_length(fresh_dir):
     out = cli(["harness.sweep", "copy_transfer", "budget=smoke", "--executor", "local"], fresh_dir)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    table = pd.read_csv(fresh_dir / "results" / "copy_transfer" / "main_table.csv")
+    table = pd.read_csv(fresh_dir / "results" / "copy_transfer" / "smoke" / "main_table.csv")
     assert [c for c in table.columns if c.startswith("acc@T=")] == ["acc@T=10", "acc@T=40", "acc@T=80"]
-    report = (fresh_dir / "results" / "copy_transfer" / "report.md").read_text()
+    report = (fresh_dir / "results" / "copy_transfer" / "smoke" / "report.md").read_text()
     assert "## Notes" in report and "no_grad" in report  # whether self-attention fits at T=5000, and why
     assert "## Attention on the copy task" in report
 

@@ -55,10 +55,10 @@ def test_faults_become_statuses_and_never_stop_the_sweep(tmp_path):
     assert set(failed["status"]) == {"FAILED"}
     assert (runs[runs["tags.status"] == "error"]["tags.traceback"].str.contains("injected fault")).all()
     assert "error: 1" in out.stdout and "timeout: 1" in out.stdout and "ok: 1" in out.stdout
-    report = (work / "results" / "faults" / "report.md").read_text()
+    report = (work / "results" / "faults" / "quick" / "report.md").read_text()
     for word in ("diverged", "oom", "timeout", "error"):
         assert word in report
-    cells = pd.read_csv(work / "results" / "faults" / "cells.csv")
+    cells = pd.read_csv(work / "results" / "faults" / "quick" / "cells.csv")
     assert sorted(cells["status"]) == ["diverged", "error", "ok", "oom", "timeout"]
 
 

@@ -49,7 +49,7 @@ def test_smoke_sweep_exits_0_and_logs_a_child_run_per_cell(smoke):
 
 def test_report_main_table_matches_the_runs(smoke):
     folder, _ = smoke
-    report = folder / "results" / "copy_lengths"
+    report = folder / "results" / "copy_lengths" / "smoke"
     for name in ("report.md", "cells.csv", "main_table.csv", "accuracy.png", "peak_memory.png"):
         assert (report / name).exists(), name
     table = pd.read_csv(report / "main_table.csv")
@@ -103,5 +103,5 @@ def test_timing_mode_runs_one_cell_at_a_time(fresh_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     runs = _children(fresh_dir)
     assert set(runs["tags.concurrency"]) == {"1"} and set(runs["tags.executor"]) == {"ray"}
-    report = (fresh_dir / "results" / "copy_lengths" / "report.md").read_text()
-    assert "| bptt | 5 |" in report.split("## Time (cells run one at a time only)")[1]  # a time table, from those rows
+    report = (fresh_dir / "results" / "copy_lengths" / "smoke" / "report.md").read_text()
+    assert "| bptt | 5 |" in report.split("## Time of cells run one at a time")[1]  # a time table, from those rows

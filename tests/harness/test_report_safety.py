@@ -1,0 +1,43 @@
+"""Reports are never lost: one folder per budget, and never replaced by a report of fewer cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.config import load_sweep
+from harness.report import main as report_main
+from harness.report import report_files, write_report
+from harness.tracking import Tracker
+
+
+def _committed_report(folder: Path, cells: int) -> None:
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("# the committed report\n")
+    (folder / "cells.csv").write_text("cell_id,status\n" + "".join(f"c{i},ok\n" for i in range(cells)))
+
+
+def test_an_empty_store_keeps_the_committed_report(tmp_path, capsys):
+    _committed_report(tmp_path / "results" / "copy_lengths" / "quick", cells=36)
+    assert report_main(["copy_lengths", "--results-dir", str(tmp_path / "results")]) == 0
+    assert (tmp_path / "results" / "copy_lengths" / "quick" / "report.md").read_text() == "# the committed report\n"
+    assert "kept" in capsys.readouterr().err
+
+
+def test_reports_are_kept_per_budget(tmp_path):
+    _committed_report(tmp_path / "quick_report", cells=1)
+    smoke = load_sweep("copy_lengths", ["budget=smoke"])
+    tracker = Tracker(smoke.name, tmp_path)
+    tracker.open()
+    path = write_report(smoke, tracker, tmp_path)
+    assert path == tmp_path / "copy_lengths" / "smoke" / "report.md"
+    assert report_files(path) == [path]  # only what this call wrote goes to MLflow
+    assert not (tmp_path / "copy_lengths" / "quick").exists()
+
+
+def test_a_kept_report_uploads_nothing(tmp_path):
+    _committed_report(tmp_path / "copy_lengths" / "smoke", cells=5)
+    smoke = load_sweep("copy_lengths", ["budget=smoke"])
+    tracker = Tracker(smoke.name, tmp_path)
+    tracker.open()
+    path = write_report(smoke, tracker, tmp_path)
+    assert report_files(path) == [] and path.read_text() == "# the committed report\n"
