@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.stats import estimate
+
 MiB = 2**20
 
 
@@ -20,7 +22,8 @@ def _pyplot():
 
 
 def metric_plots(cells: pd.DataFrame, out: Path) -> list[Path]:
-    """Accuracy, peak memory and s/step against T, a line per method (PNG)."""
+    """Accuracy, peak memory and s/step against T, a line per method: the mean with its 95% t
+    interval over seeds as error bars, and every seed as a point (PNG)."""
     plt = _pyplot()
     made = []
     ok = cells[cells["status"] == "ok"]
@@ -34,8 +37,17 @@ def metric_plots(cells: pd.DataFrame, out: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for method, group in rows.groupby("method"):
-            series = group.groupby("seq_len")[column].agg(["mean", "std"]).sort_index() * scale
-            ax.errorbar(series.index, series["mean"], yerr=series["std"].fillna(0), marker="o", capsize=3, label=method)
+            lengths, means, below, above = [], [], [], []
+            for seq_len, values in sorted(group.groupby("seq_len")[column]):
+                found = estimate(values * scale)
+                if found is None:
+                    continue
+                lengths.append(seq_len)
+                means.append(found.mean)
+                below.append(found.mean - found.lo if found.lo == found.lo else 0.0)
+                above.append(found.hi - found.mean if found.hi == found.hi else 0.0)
+            line = ax.errorbar(lengths, means, yerr=[below, above], marker="o", capsize=3, label=method)
+            ax.scatter(group["seq_len"], group[column] * scale, s=10, alpha=0.5, color=line[0].get_color())  # every seed
         ax.set_xlabel("T (seq_len)")
         ax.set_ylabel(
             {"accuracy": "test accuracy", "peak_memory": "peak training MiB", "seconds_per_step": "s / step (concurrency 1)"}[name]
