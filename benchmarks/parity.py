@@ -26,7 +26,7 @@ CASES = [  # (dtype, L, k_trunc, k_att, k_top, tolerance)
 def relative_gap(device: torch.device, dtype: torch.dtype, L: int, k_trunc: int, k_att: int, k_top: int) -> float:
     """max over parameters of |g_sab - g_ref| / |g_ref| for one random batch."""
     torch.manual_seed(0)
-    model = build_model("sab", 10, 32, 10, k_top=k_top, k_att=k_att).to(device=device, dtype=dtype)
+    model = build_model("sab", 10, 32, 10, k_top=k_top, k_att=k_att, scorer_init="uniform").to(device=device, dtype=dtype)
     g = torch.Generator().manual_seed(1)
     batch = Batch(
         torch.randn(4, L, 10, generator=g, dtype=dtype).to(device),

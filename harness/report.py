@@ -25,7 +25,7 @@ from harness.tracking import Tracker
 from sab.methods import METHODS, REFERENCES, SUBJECT
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
-GROUP_CANDIDATES = ("task", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps")
+GROUP_CANDIDATES = ("task", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "scorer_init", "batch_size", "steps")
 NUMERIC_PARAMS = ("seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps", "seed", "lr")
 PAPER_COLUMN = "paper (as quoted)"
 MiB = 2**20

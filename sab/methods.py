@@ -32,7 +32,7 @@ class Knobs:
     k_top: int = 3
     k_att: int = 5
     attn_size: int | None = None
-    scorer_init: str = "uniform"
+    scorer_init: str = "zero"
 
     @classmethod
     def of(cls, spec: object) -> Knobs:

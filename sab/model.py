@@ -133,7 +133,7 @@ class SABLSTM(_Recurrent):
         k_top: int | None = 5,
         k_att: int = 10,
         attn_size: int | None = None,
-        scorer_init: str = "uniform",
+        scorer_init: str = "zero",
     ) -> None:
         super().__init__(input_size, hidden_size)
         if k_top is not None and k_top < 1:

@@ -29,7 +29,7 @@ class Scorer(nn.Module):
     step is the largest cost of SAB's no-grad pass.
     """
 
-    def __init__(self, hidden_size: int, attn_size: int, init: str = "uniform") -> None:
+    def __init__(self, hidden_size: int, attn_size: int, init: str = "zero") -> None:
         super().__init__()
         if init not in SCORER_INITS:
             raise ValueError(f"unknown scorer_init {init!r}; valid: {', '.join(SCORER_INITS)}")

@@ -47,7 +47,7 @@ PARITY_CASES = [
 @pytest.mark.parametrize("L,k_trunc,k_att,k_top", PARITY_CASES)
 def test_two_pass_sab_equals_reference_float64(L, k_trunc, k_att, k_top):
     torch.manual_seed(L + k_trunc + k_att + k_top)
-    model = build_model("sab", 5, 8, 4, k_top=k_top, k_att=k_att).double()
+    model = build_model("sab", 5, 8, 4, k_top=k_top, k_att=k_att, scorer_init="uniform").double()
     batch = _batch(3, L, 5, 4)
     ref_loss, ref = _grads("sab_reference", model, batch, k_trunc)
     loss, got = _grads("sab", model, batch, k_trunc)
@@ -56,10 +56,26 @@ def test_two_pass_sab_equals_reference_float64(L, k_trunc, k_att, k_top):
     assert all(g.abs().sum() > 0 for g in ref.values())
 
 
+@pytest.mark.parametrize("L,k_trunc,k_att,k_top", [(40, 5, 5, 3), (17, 3, 2, 2), (100, 7, 10, 3)])
+def test_two_pass_sab_equals_reference_from_the_zero_scorer(L, k_trunc, k_att, k_top):
+    """The default initialisation (w = 0, b = 0): every score ties, so the sparsifier's weights start
+    at 0 and the tie rule picks; the two engines must still agree, and w must learn (through the
+    softmax phase)."""
+    torch.manual_seed(0)
+    model = build_model("sab", 5, 8, 4, k_top=k_top, k_att=k_att, scorer_init="zero").double()
+    assert model.scorer.weight.abs().sum() == 0 and model.scorer.query.bias.abs().sum() == 0
+    batch = _batch(3, L, 5, 4)
+    ref_loss, ref = _grads("sab_reference", model, batch, k_trunc)
+    loss, got = _grads("sab", model, batch, k_trunc)
+    assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
+    assert _max_relative_error(got, ref) <= 1e-10
+    assert ref["scorer.weight"].abs().sum() > 0
+
+
 def test_two_pass_sab_equals_reference_with_sparse_positions():
     """Loss only at a few steps (as adding / classification): empty segments are skipped exactly."""
     torch.manual_seed(1)
-    model = build_model("sab", 4, 6, 3, k_top=2, k_att=3).double()
+    model = build_model("sab", 4, 6, 3, k_top=2, k_att=3, scorer_init="uniform").double()
     batch = _batch(2, 40, 4, 3, positions=[11, 39])
     _, ref = _grads("sab_reference", model, batch, 4)
     _, got = _grads("sab", model, batch, 4)
@@ -68,7 +84,7 @@ def test_two_pass_sab_equals_reference_with_sparse_positions():
 
 def test_two_pass_sab_equals_reference_float32_long():
     torch.manual_seed(0)
-    model = build_model("sab", 10, 32, 10, k_top=5, k_att=10)
+    model = build_model("sab", 10, 32, 10, k_top=5, k_att=10, scorer_init="uniform")
     batch = _batch(4, 300, 10, 10, dtype=torch.float32)
     _, ref = _grads("sab_reference", model, batch, 10)
     _, got = _grads("sab", model, batch, 10)
@@ -133,7 +149,7 @@ def test_bptt_cell_equals_fused_bptt():
 def test_reference_gradcheck():
     """The reference's autograd graph against finite differences (one segment, away from ties)."""
     torch.manual_seed(5)
-    model = build_model("sab", 3, 4, 3, k_top=2, k_att=2).double()
+    model = build_model("sab", 3, 4, 3, k_top=2, k_att=2, scorer_init="uniform").double()
     batch = _batch(2, 12, 3, 3)
     x = batch.inputs.clone().requires_grad_()
 
@@ -152,7 +168,7 @@ def test_hand_derived_gradient_path(engine):
     So exactly x2, x4, x6 get gradient; TBPTT at the same k_trunc reaches only x6.
     """
     torch.manual_seed(6)
-    model = build_model("sab", 3, 4, 3, k_top=1, k_att=2).double()
+    model = build_model("sab", 3, 4, 3, k_top=1, k_att=2, scorer_init="uniform").double()
     batch = _batch(2, 6, 3, 3, positions=[5])
     x = batch.inputs.clone().requires_grad_()
     METHODS[engine].engine(model, Batch(x, batch.targets, batch.positions), cross_entropy, 1)
@@ -168,7 +184,7 @@ def test_hand_derived_gradient_path(engine):
 def test_credit_skips_the_local_window_between_memories():
     """k_trunc=2, k_att=4, k_top=1, L=8, loss at step 8: credit reaches x3, x4 (through h4) and x7, x8."""
     torch.manual_seed(7)
-    model = build_model("sab", 3, 4, 3, k_top=1, k_att=4).double()
+    model = build_model("sab", 3, 4, 3, k_top=1, k_att=4, scorer_init="uniform").double()
     batch = _batch(2, 8, 3, 3, positions=[7])
     x = batch.inputs.clone().requires_grad_()
     METHODS["sab"].engine(model, Batch(x, batch.targets, batch.positions), cross_entropy, 2)

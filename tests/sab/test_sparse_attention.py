@@ -12,7 +12,7 @@ from sab.sparse_attention import EPS, Scorer, attention_weights, select_top, spa
 
 def _one_step(k_top: int, n: int, seed: int = 0):
     torch.manual_seed(seed)
-    scorer = Scorer(6, 5).double()
+    scorer = Scorer(6, 5, "uniform").double()
     memory = torch.randn(3, n, 6, dtype=torch.float64, requires_grad=True)
     query = torch.randn(3, 6, dtype=torch.float64)
     weights = attention_weights(scorer(query, scorer.keys(memory)), k_top)
@@ -78,7 +78,7 @@ def test_epsilon_is_the_authors_literal():
 def test_scorer_depends_on_the_query():
     """On a fixed memory, two queries rank and weigh memories differently (the authors' scorer cannot)."""
     torch.manual_seed(1)
-    scorer = Scorer(8, 8).double()
+    scorer = Scorer(8, 8, "uniform").double()
     keys = scorer.keys(torch.randn(1, 12, 8, dtype=torch.float64))
     w1 = attention_weights(scorer(torch.randn(1, 8, dtype=torch.float64), keys), 3)
     w2 = attention_weights(scorer(torch.randn(1, 8, dtype=torch.float64), keys), 3)
@@ -97,7 +97,7 @@ def test_model_scorer_gets_gradient_through_the_sab_engine():
     from sab.tasks.base import Batch, cross_entropy
 
     torch.manual_seed(2)
-    model = SABLSTM(3, 8, 3, k_top=2, k_att=2)
+    model = SABLSTM(3, 8, 3, k_top=2, k_att=2, scorer_init="uniform")
     batch = Batch(torch.randn(2, 30, 3), torch.randint(0, 3, (2, 30)), torch.arange(30))
     METHODS["sab"].engine(model, batch, cross_entropy, 5)
     for name, p in model.scorer.named_parameters():
@@ -107,7 +107,7 @@ def test_model_scorer_gets_gradient_through_the_sab_engine():
 def test_memory_starts_empty_and_attention_is_recorded():
     """No zero entry: steps before the first write have no summary; k_top weights per step after."""
     torch.manual_seed(3)
-    model = SABLSTM(3, 8, 3, k_top=2, k_att=3)
+    model = SABLSTM(3, 8, 3, k_top=2, k_att=3, scorer_init="uniform")
     logits, attention = model.infer(torch.randn(2, 20, 3), return_attention=True)
     assert logits.shape == (2, 20, 3)
     assert attention.shape == (2, 20, 20 // 3)
