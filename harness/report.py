@@ -78,7 +78,7 @@ def _pick_lr(group: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
     if "lr" not in group or group["lr"].nunique(dropna=True) <= 1:
         return group, ""
     ok = group[group["status"] == "ok"]
-    column = f"val_{metric}"
+    column = metric if metric.startswith("val_") else f"val_{metric}"
     if ok.empty or column not in ok:
         return group, ""
     means = ok.groupby("lr")[column].mean()
@@ -165,6 +165,14 @@ def contrast(cells: pd.DataFrame, metric: str = "accuracy") -> list[str]:
         by = {name: rows for name, rows in group.groupby("method")}
         subject, references = by.get(SUBJECT), [name for name in REFERENCES if name in by]
         if subject is None or not references:
+            continue
+        varying = [
+            c for c in (*GROUP_CANDIDATES, "lr") if c in group and any(by[m][c].nunique(dropna=True) > 1 for m in (SUBJECT, *references))
+        ]
+        if varying:
+            lines.append(
+                f"T={int(seq_len)}: several configurations per method (varying {', '.join(varying)}); compare them in the table below"
+            )
             continue
         parts = [f"{name.upper()} {estimate(by[name][metric]).text()}" for name in (SUBJECT, *references)]
         text = f"T={int(seq_len)}: {metric} " + ", ".join(parts)
@@ -372,7 +380,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
             *[f"- {s}" for s in summary],
         ]
     lines += [
-        "", f"## {config.metric} (test set, mean [{INTERVAL_NAME}] (n){'; lower is better' if config.metric in LOWER_IS_BETTER else ''})", "",
+        "", f"## {config.metric} ({'validation' if config.metric.startswith('val_') else 'test'} set, mean [{INTERVAL_NAME}] (n){'; lower is better' if config.metric in LOWER_IS_BETTER else ''})", "",
         f"`{PAPER_COLUMN}`: the paper's figure as quoted by secondary sources (docs/paper_figures.md); '—' where none.",
         "", _markdown(table),
         "", "## Peak training memory", "",
