@@ -22,6 +22,8 @@ def test_nothing_cites_paths_outside_the_repository():
     for path in _tracked():
         if path.suffix not in (".py", ".md", ".yaml", ".sh", ".toml", ".txt", ".cfg") and path.name != "run":
             continue
+        if path == Path(__file__).resolve():
+            continue  # the pattern itself
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if OUTSIDE.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
