@@ -29,6 +29,9 @@ from harness.timing import clean_timing
 from harness.tracking import RUNNING, Tracker
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
+LARGE_SWEEP = 200
+"""A sweep of more cells than this needs --yes: a typo in a grid (seed=[0..50]) should not start thousands of trials."""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -47,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--detach", action="store_true", help="slurm: submit and return; rerun the command to collect")
     parser.add_argument("--timing", action="store_true", help="one trial per device at a time (clean times; GPUs: one per GPU)")
     parser.add_argument("--no-report", action="store_true", help="do not rebuild the report at the end")
+    parser.add_argument("--yes", action="store_true", help=f"run a sweep of more than {LARGE_SWEEP} cells (refused without it)")
     parser.add_argument("--no-timing", action="store_true", help="skip the clean timing pass that ends every run (its wall-clock section)")
     return parser
 
@@ -115,6 +119,12 @@ def collect_handed_off(executor: Executor, tracker: Tracker, cells: list[Cell], 
 def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) -> int:
     """Execute the missing and failed cells of a validated sweep; returns the exit code."""
     cells = expand(config)
+    if len(cells) > LARGE_SWEEP and not (args.yes or args.dry_run):
+        steps = sum(c.spec.steps for c in cells)
+        raise SweepError(
+            f"sweep {config.name!r} has {len(cells)} cells ({steps:,} training steps in all), more than {LARGE_SWEEP}; "
+            "check it with --dry-run, then pass --yes to run it"
+        )
     results_dir = Path(args.results_dir).resolve()
     if args.timing:
         config = timing_mode(config)

@@ -85,3 +85,12 @@ def test_a_loss_that_explodes_is_diverged_not_ok():
     result = run_trial(spec)
     assert result.status == "diverged", (result.status, result.curve)
     assert "started at" in result.error
+
+
+def test_a_huge_grid_needs_yes_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    lengths, seeds = ",".join(map(str, range(1, 101))), ",".join(map(str, range(51)))
+    assert main(["copy_lengths", "budget=smoke", f"seq_len=[{lengths}]", f"seed=[{seeds}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has 20400 cells" in err and "--yes" in err
+    assert list(tmp_path.iterdir()) == []
