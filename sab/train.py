@@ -378,15 +378,16 @@ def _final_metrics(spec, task, model, result, val_set, test_set, device, dtype) 
     """Validation and test metrics; transfer lengths only for a trial that finished its steps."""
     metrics = {f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()}
     metrics.update(evaluate(model, task, test_set, device, dtype))
-    stride = METHODS[spec.method].memory_stride
-    if stride is not None and test_set:
+    stride_rule = METHODS[spec.method].memory_stride
+    if stride_rule is not None and test_set:
+        stride = stride_rule(Knobs.of(spec))
         with torch.no_grad():
             batch = _to(test_set[0], device, dtype)
             _, attention = model.infer(batch.inputs, return_attention=True)
         if attention[0].numel() <= 200_000:  # one sequence's map, kept small enough to ship back
             result.attention = attention[0].cpu().tolist()
-            result.attention_marks = task.attention_marks(stride(Knobs.of(spec)))
-        share = task.attention_share(attention, stride(Knobs.of(spec)))
+            result.attention_marks = task.attention_marks(stride)
+        share = task.attention_share(attention, stride)
         if share is not None:
             metrics["attention_share"] = share
     if result.status == "ok":
