@@ -94,17 +94,20 @@ def _paper_value(config: SweepConfig, method: str, seq_len, metric: str, transfe
     for figure in config.paper:
         if figure.get("method") != method or figure.get("metric", "accuracy") != metric:
             continue
+        value = figure["value"]  # a figure, or a word such as OOM
+        value = f"{float(value):.2f}" if isinstance(value, int | float) else str(value)
         if "transfer" in figure and int(figure["transfer"]) in evaluated:
-            shown.append(f"{float(figure['value']):.2f} (@T={int(figure['transfer'])})")
+            shown.append(f"{value} (@T={int(figure['transfer'])})")
         elif "transfer" not in figure and int(figure.get("seq_len", -1)) == int(seq_len):
-            shown.append(f"{float(figure['value']):.2f}")
+            shown.append(value)
     return "; ".join(shown) or "—"
 
 
 def main_table(cells: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
     """The sweep's metric (test, mean ± std over seeds), transfer columns, the paper's figure, statuses."""
     keys, metric = _group_keys(cells), config.metric
-    transfer = sorted((c for c in cells if c.startswith(f"transfer_{metric}_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    lengths = {int(c.rsplit("_", 1)[1]) for c in cells if c.startswith((f"transfer_{metric}_", "transfer_oom_"))}
+    transfer = [f"transfer_{metric}_{length}" for length in sorted(lengths)]
     rows = []
     for values, group in cells.groupby(keys, sort=True, dropna=False):
         group, lr = _pick_lr(group, metric)
@@ -114,7 +117,7 @@ def main_table(cells: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
             row["lr (picked on val)"] = lr
         row[metric] = _accuracy_cell(group, ok, metric)
         for column in transfer:
-            row[f"{'acc' if metric == 'accuracy' else metric}@T={column.rsplit('_', 1)[1]}"] = _accuracy_cell(group, ok, column)
+            row[f"{'acc' if metric == 'accuracy' else metric}@T={column.rsplit('_', 1)[1]}"] = _transfer_cell(group, ok, column)
         row[PAPER_COLUMN] = _paper_value(config, row["method"], row["seq_len"], metric, transfer)
         row["status"] = ", ".join(f"{s}:{n}" for s, n in group["status"].value_counts().sort_index().items())
         rows.append(row)
@@ -126,6 +129,19 @@ def _accuracy_cell(group: pd.DataFrame, ok: pd.DataFrame, column: str) -> str:
         statuses = set(group["status"])
         return "OOM" if statuses == {"oom"} else "/".join(sorted(s.upper() for s in statuses))
     return _fmt(ok[column]) if column in ok else "—"
+
+
+def _transfer_cell(group: pd.DataFrame, ok: pd.DataFrame, column: str) -> str:
+    """A transfer length's figure over the seeds that fitted in memory, and how many did not
+    (`transfer_oom_T`): out of memory at a length is a result, shown as OOM."""
+    oom_column = f"transfer_oom_{column.rsplit('_', 1)[1]}"
+    out_of_memory = int((ok[oom_column] == 1).sum()) if oom_column in ok else 0
+    if out_of_memory == 0:
+        return _accuracy_cell(group, ok, column)
+    fitted = ok[column].dropna() if column in ok else pd.Series(dtype=float)
+    if fitted.empty:
+        return f"OOM ({out_of_memory} of {len(ok)})"
+    return f"{_fmt(fitted)}; OOM in {out_of_memory} of {len(ok)}"
 
 
 def memory_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -174,15 +190,28 @@ def contrast(cells: pd.DataFrame, metric: str = "accuracy") -> list[str]:
                 f"T={int(seq_len)}: several configurations per method (varying {', '.join(varying)}); compare them in the table below"
             )
             continue
-        parts = [f"{name.upper()} {estimate(by[name][metric]).text()}" for name in (SUBJECT, *references)]
-        text = f"T={int(seq_len)}: {metric} " + ", ".join(parts)
-        for name in references:
-            found = difference(SUBJECT.upper(), subject[metric], name.upper(), by[name][metric])
-            text += f"; {found.text(higher_is_better=higher_is_better)}"
         first = by[references[0]]
-        text += f"; peak memory {SUBJECT.upper()}/{references[0].upper()} = {subject['peak_bytes'].mean() / first['peak_bytes'].mean():.2f}"
-        lines.append(text)
+        memory = (
+            f"; peak memory {SUBJECT.upper()}/{references[0].upper()} = {subject['peak_bytes'].mean() / first['peak_bytes'].mean():.2f}"
+        )
+        lines.append(f"T={int(seq_len)}: {_differences(by, references, metric, metric, higher_is_better)}{memory}")
+        transfer = sorted((c for c in group if c.startswith(f"transfer_{metric}_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+        for column in transfer:
+            label = f"{'acc' if metric == 'accuracy' else metric}@T={column.rsplit('_', 1)[1]}"
+            present = [name for name in references if by[name][column].notna().any()]
+            if subject[column].notna().any() and present:
+                lines.append(f"T={int(seq_len)}, evaluated at longer T: {_differences(by, present, column, label, higher_is_better)}")
     return lines
+
+
+def _differences(by: dict[str, pd.DataFrame], references: list[str], column: str, label: str, higher_is_better: bool) -> str:
+    """'label SAB m [ci] (n), REF ...; SAB - REF d [ci]: verdict' over the seeds with a figure."""
+    values = {name: by[name][column].dropna() for name in (SUBJECT, *references)}
+    text = f"{label} " + ", ".join(f"{name.upper()} {estimate(values[name]).text()}" for name in values)
+    for name in references:
+        found = difference(SUBJECT.upper(), values[SUBJECT], name.upper(), values[name])
+        text += f"; {found.text(higher_is_better=higher_is_better)}"
+    return text
 
 
 TARGET_ACCURACY = 0.9

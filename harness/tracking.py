@@ -7,6 +7,7 @@ one experiment per sweep, the budget as a tag. Each cell is logged as soon as it
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -47,8 +48,11 @@ def default_uri(results_dir: Path) -> str:
     return f"sqlite:///{results_dir.resolve() / 'mlflow.db'}"
 
 
+@functools.cache
 def git_sha() -> str:
-    """HEAD of the project's checkout (with -dirty when the tree has changes), or 'unknown'."""
+    """HEAD of the project's checkout (with -dirty when the tree has changes), or 'unknown'; read
+    once per driver, so every cell of an invocation carries the code it started with, even when a
+    commit lands while it runs."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()

@@ -38,7 +38,7 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 DIVERGENCE_FACTOR, DIVERGENCE_FLOOR = 100.0, 0.1
 """A trial has diverged when its loss is not finite or exceeds DIVERGENCE_FACTOR x its first loss
 (at least DIVERGENCE_FLOOR, so a tiny starting loss does not make noise look like divergence)."""
-FAULTS = ("", "nan", "oom", "sleep", "raise", "exit")
+FAULTS = ("", "nan", "oom", "sleep", "raise", "exit", "transfer_oom")
 """Faults a trial can inject into itself, so tests drive the harness's failure paths for real."""
 DTYPES = ("float32", "float64")
 
@@ -92,7 +92,7 @@ class TrialSpec:
     dtype: str = _field("float32", "floating-point type of the model and data", choices=DTYPES)
     checkpoint_path: str | None = _field(None, "save/resume the training state here", role="execution")
     checkpoint_every: int = _field(0, "steps between checkpoints (0: only when signalled)", role="execution")
-    inject_fault: str = _field("", "test hook: fail on purpose (nan, oom, sleep, raise, exit)", choices=FAULTS, hidden=True)
+    inject_fault: str = _field("", "test hook: fail on purpose (nan, oom, sleep, raise, exit, transfer_oom)", choices=FAULTS, hidden=True)
 
     def validate(self) -> TrialSpec:
         """Raise one clear ValueError naming the first bad value and what is allowed."""
@@ -392,11 +392,26 @@ def _final_metrics(spec, task, model, result, val_set, test_set, device, dtype) 
             metrics["attention_share"] = share
     if result.status == "ok":
         for length in spec.transfer_lengths:
-            longer = task.at_length(length)
-            batches = evaluation_set(longer, spec, "test")
-            for key, value in evaluate(model, longer, batches, device, dtype).items():
-                metrics[f"transfer_{key}_{length}"] = value
+            metrics.update(_transfer_metrics(spec, task, model, length, device, dtype))
     result.metrics = metrics
+
+
+def _transfer_metrics(spec, task, model, length: int, device, dtype) -> dict[str, float]:
+    """The test metrics at a longer T, or `transfer_oom_T = 1` when that length does not fit in
+    memory: running out of memory at a transfer length is a result (the paper's self-attention at
+    T=5000), not the trial's failure, so the shorter lengths' figures are kept."""
+    try:
+        if spec.inject_fault == "transfer_oom" and length == max(spec.transfer_lengths):
+            torch.empty(2**38, dtype=torch.uint8).fill_(1)  # 256 GiB: past any trial's memory cap
+        longer = task.at_length(length)
+        batches = evaluation_set(longer, spec, "test")
+        return {f"transfer_{key}_{length}": value for key, value in evaluate(model, longer, batches, device, dtype).items()}
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {f"transfer_oom_{length}": 1.0}
 
 
 def save_weights(model: torch.nn.Module, spec: TrialSpec, path: str) -> None:

@@ -7,7 +7,8 @@ import math
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from harness.report import contrast
+from harness.config import load_sweep
+from harness.report import contrast, main_table
 from harness.stats import difference, estimate
 
 
@@ -41,3 +42,23 @@ def test_the_contrast_line_gives_each_difference_with_its_interval():
     assert "SAB - BPTT = +0.747 [" in line and "]: SAB better" in line
     assert "SAB - TBPTT = +0.023 [" in line and "not distinguishable at n=3" in line
     assert "peak memory SAB/BPTT = 0.50" in line
+
+
+def test_transfer_lengths_get_their_own_contrast_lines_and_oom_is_shown_as_a_result():
+    rows = [
+        {"method": m, "seq_len": 100, "seed": s, "status": "ok", "accuracy": a, "peak_bytes": 1.0, "transfer_accuracy_1000": a - 0.1}
+        for m, accs in (("sab", (0.6, 0.7, 0.8)), ("bptt", (0.12, 0.13, 0.11)))
+        for s, a in enumerate(accs)
+    ]
+    rows += [
+        {"method": "self_attention", "seq_len": 100, "seed": s, "status": "ok", "accuracy": 0.3, "transfer_oom_1000": 1.0} for s in range(3)
+    ]
+    cells = pd.DataFrame(rows)
+    lines = contrast(cells, "accuracy")
+    assert len(lines) == 2
+    assert lines[1].startswith("T=100, evaluated at longer T: acc@T=1000 SAB 0.600 [")
+    assert "SAB - BPTT = +0.580 [" in lines[1] and "SAB better" in lines[1]
+    config = load_sweep("copy_long", ["budget=smoke"])
+    table = main_table(cells, config).set_index("method")
+    assert table.loc["self_attention", "acc@T=1000"] == "OOM (3 of 3)"
+    assert table.loc["sab", "acc@T=1000"].startswith("0.600 [")

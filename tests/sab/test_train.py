@@ -34,6 +34,16 @@ def test_transfer_lengths_are_evaluated():
     assert {"transfer_accuracy_10", "transfer_accuracy_40"} <= set(result.metrics)
 
 
+def test_out_of_memory_at_a_transfer_length_is_a_result():
+    """A real failed allocation at the longest transfer length: the trial stays ok, the shorter
+    length keeps its figure and the longest is marked transfer_oom_T (the paper's OOM column)."""
+    result = run_trial(TrialSpec(method="sab", transfer_lengths=(10, 40), inject_fault="transfer_oom", **TINY))
+    assert result.status == "ok", result.traceback
+    assert "transfer_accuracy_10" in result.metrics
+    assert result.metrics["transfer_oom_40"] == 1.0
+    assert "transfer_accuracy_40" not in result.metrics
+
+
 def test_adding_task_trial():
     spec = TrialSpec(method="sab", **{**TINY, "task": "adding", "seq_len": 12})
     result = run_trial(spec)
