@@ -1,8 +1,10 @@
 """Slurm executor on submitit: each resource class of cells is one job array.
 
 Jobs only compute: each array task runs one cell (checkpointing every N steps and when
-preempted, requeued through `submitit.helpers.Checkpointable`) and returns its TrialResult
-through submitit's result pickle; the driver logs it to MLflow. With `--detach` the driver
+preempted, requeued through `submitit.helpers.Checkpointable`) and writes its TrialResult as
+JSON under the sweep's own folder (`outcomes/CELL_ID.json`); the driver reads that file, never
+submitit's result pickle (unpickling a file the store points at would run whatever code it
+holds), and logs it to MLflow. With `--detach` the driver
 submits and returns; rerunning the same command collects what finished and logs it once,
 without resubmitting jobs still queued or running. Ctrl-C cancels the submitted jobs.
 """
@@ -10,8 +12,10 @@ without resubmitting jobs still queued or running. Ctrl-C cancels the submitted 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -46,15 +50,41 @@ CHECKPOINT_EVERY = 500
 """Steps between checkpoints of a Slurm cell unless the sweep sets checkpoint_every."""
 
 
+JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+"""What a Slurm (array) job id or a local job's pid looks like; any other tag value is refused."""
+
+
 class CellJob(submitit.helpers.Checkpointable):
-    """What one array task runs: a cell's trial, resumable from its checkpoint."""
+    """What one array task runs: a cell's trial, resumable from its checkpoint; its result goes to
+    a JSON file (plain data: reading it back cannot run code), and the job returns nothing."""
 
-    def __call__(self, spec: TrialSpec) -> TrialResult:
-        return run_trial(spec)
+    def __call__(self, spec: TrialSpec, outcome_path: str) -> None:
+        write_outcome(run_trial(spec), Path(outcome_path))
 
-    def checkpoint(self, spec: TrialSpec) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, spec: TrialSpec, outcome_path: str) -> submitit.helpers.DelayedSubmission:
         """Preempted or timing out: the trial saved its state at a step boundary; requeue the same call."""
-        return submitit.helpers.DelayedSubmission(self, spec)
+        return submitit.helpers.DelayedSubmission(self, spec, outcome_path)
+
+
+def write_outcome(result: TrialResult, path: Path) -> None:
+    """The trial's result as JSON, written whole or not at all (a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(result.to_dict(), allow_nan=True))
+    os.replace(partial, path)
+
+
+def read_outcome(path: Path) -> TrialResult | None:
+    """A result written by `write_outcome`, or None when there is none (or it is not one): only
+    TrialResult's own fields are read, as plain JSON values."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(TrialResult)}
+    return TrialResult(**{k: v for k, v in data.items() if k in known})
 
 
 def timeout_minutes(spec: TrialSpec) -> int:
@@ -159,7 +189,7 @@ class SlurmExecutor(Executor):
         """Submit every cell, one array per resource class; print the job ids."""
         submitted = []
         for group in self._groups(cells).values():
-            jobs = self.executor_for(group).map_array(CellJob(), self._specs(group))
+            jobs = self.executor_for(group).map_array(CellJob(), self._specs(group), [str(self.outcome_path(c)) for c in group])
             array = jobs[0].job_id.split("_")[0] if jobs else "?"
             print(f"submitted {len(jobs)} cells as {'job array ' + array if self.cluster == 'slurm' else self.cluster + ' jobs'}: "
                   f"{', '.join(j.job_id for j in jobs)}", flush=True)  # fmt: skip
@@ -198,38 +228,59 @@ class SlurmExecutor(Executor):
         print(f"cancelled {len(ids)} submitted jobs: {', '.join(ids)}", flush=True)
 
     # -- results ---------------------------------------------------------------------------
+    def outcome_path(self, cell: Cell) -> Path:
+        """Where a cell's job writes its result: inside this sweep's folder, named by the cell."""
+        return self.folder / "outcomes" / f"{cell.cell_id}.json"
+
     def outcome(self, cell: Cell, job) -> Outcome:
-        """A finished job as a cell outcome: its TrialResult, or a status from how the job ended."""
-        try:
-            result = job.result()
-        except submitit.core.utils.FailedJobError as error:
-            result = TrialResult(
-                status="error", error_type="SlurmJobFailed", error=str(error).splitlines()[0][:2000], traceback=str(error)[-4000:]
-            )
-        except submitit.core.utils.UncompletedJobError as error:
+        """A finished job as a cell outcome: the TrialResult its job wrote as JSON, or a status
+        from how the job ended (Slurm's state and the tail of its stderr) when it wrote none."""
+        result = read_outcome(self.outcome_path(cell))
+        if result is None:
             state = (job.state or "").upper()
             status = "oom" if "OUT_OF_MEMORY" in state else ("timeout" if "TIMEOUT" in state else "error")
+            stderr = (job.stderr() or "").strip()
             result = TrialResult(
                 status=status,
                 error_type=f"Slurm{state.split()[0].title() if state else 'Uncompleted'}",
-                error=f"job {job.job_id} ended {state or 'without a result'}: {str(error).splitlines()[0][:500]}",
+                error=f"job {job.job_id} ended {state or 'in an unknown state'} without a result file: "
+                f"{stderr.splitlines()[-1][:500] if stderr else 'no stderr'}",
+                traceback=stderr[-4000:],
             )
         wall = time.monotonic() - self.submitted_at if self.submitted_at else result.train_seconds  # queue time included
         return Outcome(cell, result, self.name, self.concurrency, self.resources.cpus_per_trial, wall, f"slurm:{job.job_id}")
 
     def collect(self, cells: list[Cell], handed_off: list[dict]) -> Iterator[tuple[dict, Outcome]]:
-        """The handed-off cells whose Slurm jobs (of an earlier, detached or dead, invocation) have ended."""
+        """The handed-off cells whose Slurm jobs (of an earlier, detached or dead, invocation) have
+        ended. A claim is the store's word only: its job must be a job id and its folder this
+        sweep's own, else it is refused with a line and left alone."""
         by_id = {c.cell_id: c for c in cells}
         for claim in handed_off:
             cell = by_id.get(claim["cell_id"])
-            if cell is not None and self.job(claim["job_id"], claim["folder"]).done(force_check=True):
-                yield claim, self.outcome(cell, self.job(claim["job_id"], claim["folder"]))
+            if cell is None:
+                continue
+            refused = self.refusal(claim)
+            if refused:
+                print(f"ignoring the claim of run {claim['run_id']}: {refused}", flush=True)
+                continue
+            job = self.job(claim["job_id"])
+            if job.done(force_check=True):
+                yield claim, self.outcome(cell, job)
 
-    def job(self, job_id: str, folder: str):
-        """A handle on a job submitted earlier (by a detached invocation)."""
+    def refusal(self, claim: dict) -> str:
+        """Why a handed-off claim's tags cannot be this sweep's (a planted or foreign run), or ''."""
+        if not JOB_ID.match(str(claim.get("job_id") or "")):
+            return f"job_id {claim.get('job_id')!r} is not a job id"
+        folder = str(claim.get("folder") or "")
+        if not folder or Path(folder).resolve() != self.folder.resolve():
+            return f"job_folder {folder!r} is not this sweep's folder {str(self.folder)!r}"
+        return ""
+
+    def job(self, job_id: str):
+        """A handle on a job this sweep submitted earlier (by a detached invocation), in its own folder."""
         if self.cluster == "slurm":
-            return submitit.SlurmJob(folder=str(Path(folder) / "%j"), job_id=job_id)
-        return submitit.LocalJob(folder=str(Path(folder) / "%j"), job_id=job_id)
+            return submitit.SlurmJob(folder=str(self.folder / "%j"), job_id=job_id)
+        return submitit.LocalJob(folder=str(self.folder / "%j"), job_id=job_id)
 
 
 def _sinfo(fmt: str) -> list[str]:

@@ -254,3 +254,58 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_says_so(slurm, tmp_path):
     assert not subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0]], capture_output=True, text=True).stdout.strip()
     runs = _runs(work, "long")
     assert list(runs["tags.status"]) == ["killed"]
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a planted result pickle would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_result_pickle_is_never_unpickled_and_foreign_folders_are_refused(tmp_path, capsys):
+    """Claims as a writer of the tracking store could plant them: one naming a folder outside the
+    sweep's, one inside it whose job 'finished' with a crafted result pickle. Neither pickle runs."""
+    import pickle
+
+    config = load_sweep("copy_lengths", ["budget=smoke", "grid.method=[bptt]"])
+    (cell,) = expand(config)
+    executor = SlurmExecutor(config, tmp_path / "results", cluster="local")
+    markers, claims = [], []
+    for name, folder, job_id in (("outside", tmp_path / "elsewhere", "4242"), ("inside", executor.folder, "4343")):
+        marker = tmp_path / f"ran_{name}"
+        job = submitit.LocalJob(folder=str(Path(folder) / "%j"), job_id=job_id)
+        job.paths.result_pickle.parent.mkdir(parents=True, exist_ok=True)
+        job.paths.result_pickle.write_bytes(pickle.dumps(("success", _Payload(marker))))
+        markers.append(marker)
+        claims.append({"run_id": name, "cell_id": cell.cell_id, "job_id": job_id, "folder": str(folder)})
+    claims.append({"run_id": "odd", "cell_id": cell.cell_id, "job_id": "1; rm -rf /", "folder": str(executor.folder)})
+
+    collected = list(executor.collect([cell], claims))
+
+    printed = capsys.readouterr().out
+    assert "ignoring the claim of run outside: job_folder" in printed
+    assert "ignoring the claim of run odd: job_id '1; rm -rf /' is not a job id" in printed
+    ((claim, outcome),) = collected  # the claim inside the sweep's folder: its job ended without a JSON result
+    assert claim["run_id"] == "inside" and outcome.result.status == "error"
+    assert "without a result file" in outcome.result.error
+    assert not any(m.exists() for m in markers)
+    pickle.loads(pickle.dumps(_Payload(markers[0])))  # the payload is real: unpickling it does run
+    assert markers[0].exists()
+
+
+def test_a_trial_result_survives_its_json_file(tmp_path):
+    from harness.executors.slurm import read_outcome, write_outcome
+
+    spec = TrialSpec(task="copy", seq_len=5, hidden_size=8, batch_size=4, eval_batches=1, method="sab", k_trunc=2, k_att=2, k_top=2,
+                     steps=4, eval_interval=2)  # fmt: skip
+    result = run_trial(spec)
+    write_outcome(result, tmp_path / "o" / "cell.json")
+    back = read_outcome(tmp_path / "o" / "cell.json")
+    assert back.to_dict().keys() == result.to_dict().keys()
+    assert back.metrics == result.metrics and back.attention == result.attention and back.curve == result.curve
+    (tmp_path / "o" / "bad.json").write_text("[1, 2]")
+    assert read_outcome(tmp_path / "o" / "bad.json") is None and read_outcome(tmp_path / "missing.json") is None
