@@ -146,6 +146,11 @@ class TrialSpec:
             raise ValueError(f"unknown device {self.device!r}; valid: cpu, auto, cuda, cuda:N")
         return self
 
+    @classmethod
+    def from_dict(cls, values: dict) -> TrialSpec:
+        """A spec from its plain-data form (`dataclasses.asdict`, JSON): lists become tuples."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 @dataclass
 class TrialResult:
@@ -178,6 +183,13 @@ class TrialResult:
     def to_dict(self) -> dict:
         """A JSON-safe dict."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrialResult:
+        """A result from `to_dict`'s form (JSON written by a trial process or job); keys that are
+        not fields are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -423,9 +435,7 @@ def save_weights(model: torch.nn.Module, spec: TrialSpec, path: str) -> None:
 def load_weights(path: str, device: str = "cpu") -> tuple[torch.nn.Module, TrialSpec]:
     """Rebuild a saved model; the file is read with weights_only=True (no code runs from it)."""
     saved = torch.load(path, map_location=device, weights_only=True)
-    values = dict(saved["spec"])
-    values["transfer_lengths"] = tuple(values["transfer_lengths"])
-    spec = TrialSpec(**values)
+    spec = TrialSpec.from_dict(saved["spec"])
     task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
     model = build_model(spec, task)
     model.load_state_dict(saved["state_dict"])
@@ -496,7 +506,7 @@ def attention_note(spec: TrialSpec, length: int) -> str:
 
 def _spec_from_args(args: dict) -> TrialSpec:
     """A TrialSpec from parsed flags (lists back to tuples, as the frozen spec holds them)."""
-    return TrialSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    return TrialSpec.from_dict(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Executors behind one interface: `run(cells) -> iterator of outcomes as they finish`.
 
-local  one cell at a time in a spawned child process (the timing executor)
+local  one cell at a time in a child process (the timing executor)
 ray    Ray Tune trials, on a private local Ray or a cluster given by --address (default)
 slurm  submitit job arrays on a Slurm cluster
 """

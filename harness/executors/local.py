@@ -1,4 +1,4 @@
-"""The timing executor: one cell at a time, each in a spawned child process."""
+"""The timing executor: one cell at a time, each in a child process."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `ray.init(address="local")` starts a private local instance unless an address is given, so a
 Ray cluster already running on the machine is never joined by accident. Each trial runs its
-cell in a spawned child (memory limit, crash isolation) with threads = its CPUs, reports
+cell in a child process (memory limit, crash isolation) with threads = its CPUs, reports
 progress through `tune.report`, and hands its final TrialResult back to the driver through a
 Tune callback; the driver alone writes MLflow.
 """
@@ -22,6 +22,7 @@ from harness.cells import Cell
 from harness.config import Resources, SweepError
 from harness.executors.base import Executor, Outcome, SubmitHook, check_gpu_reservation, check_this_machine, trial_spec
 from harness.isolation import run_isolated
+from harness.liveness import this_driver
 from sab.train import TrialResult, TrialSpec
 
 RESULT_KEY = "trial_result_json"
@@ -32,9 +33,8 @@ def _trainable(config: dict) -> None:
     from ray import tune
 
     payload = config["cell"]
-    values = dict(payload["spec"], transfer_lengths=tuple(payload["spec"]["transfer_lengths"]))
-    spec = TrialSpec(**values)
-    result = run_isolated(spec, payload["mem_gb"], on_report=lambda point: tune.report(dict(point)))
+    spec = TrialSpec.from_dict(payload["spec"])
+    result = run_isolated(spec, payload["mem_gb"], on_report=lambda point: tune.report(dict(point)), watch=payload.get("driver"))
     tune.report({RESULT_KEY: json.dumps(result.to_dict()), "status_ok": int(result.status == "ok")})
 
 
@@ -97,7 +97,7 @@ class _Collector:
         self.started.setdefault(cell.cell_id, time.monotonic() - float(result.get("time_total_s", 0.0)))
         if RESULT_KEY in result and cell.cell_id not in self.done:
             self.done.add(cell.cell_id)
-            trial_result = TrialResult(**json.loads(result[RESULT_KEY]))
+            trial_result = TrialResult.from_dict(json.loads(result[RESULT_KEY]))
             self.sink.put(self.make(cell, trial_result, float(result.get("time_total_s", 0.0))))
         elif self.on_report is not None and "step" in result:
             self.on_report(cell, {k: result[k] for k in result if k in ("step", "train_loss", "val_accuracy", "val_loss")})
@@ -244,7 +244,11 @@ class RayExecutor(Executor):
 
         collector = _Collector(by_id, sink, make)
         collector.on_report = self.on_report
-        payloads = [{"cell_id": c.cell_id, "spec": asdict(trial_spec(c, self.resources)), "mem_gb": self.resources.mem_gb} for c in cells]
+        driver = this_driver()  # a trial on this host stops within a second of this driver's death
+        payloads = [
+            {"cell_id": c.cell_id, "spec": asdict(trial_spec(c, self.resources)), "mem_gb": self.resources.mem_gb, "driver": driver}
+            for c in cells
+        ]
         trainable = tune.with_resources(_trainable, {"cpu": self.resources.cpus_per_trial, "gpu": self.resources.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,

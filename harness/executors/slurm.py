@@ -81,10 +81,7 @@ def read_outcome(path: Path) -> TrialResult | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict):
-        return None
-    known = {f.name for f in dataclasses.fields(TrialResult)}
-    return TrialResult(**{k: v for k, v in data.items() if k in known})
+    return TrialResult.from_dict(data) if isinstance(data, dict) else None
 
 
 def timeout_minutes(spec: TrialSpec) -> int:

@@ -13,6 +13,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from harness.isolation import CHILD_MARK
 from harness.liveness import driver_alive, this_driver
 from harness.sweep import main
 from tests.conftest import ROOT, cli
@@ -188,3 +189,98 @@ def test_bad_input_is_one_line_in_seconds_and_starts_nothing(argv, message, tmp_
     import ray
 
     assert not ray.is_initialized()
+
+
+def _processes() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, argv) of every process on this machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        found[int(entry.name)] = (parent, [a.decode(errors="replace") for a in argv if a])
+    return found
+
+
+def _trial_children(ancestor: int) -> list[int]:
+    """Trial processes (harness.isolation.CHILD_MARK) below `ancestor` in the process tree."""
+    table = _processes()
+
+    def below(pid: int) -> bool:
+        for _ in range(64):
+            pid = table.get(pid, (0, []))[0]
+            if pid == ancestor:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    return [pid for pid, (_, argv) in table.items() if CHILD_MARK in argv and below(pid)]
+
+
+def _gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:")).lower()
+    except (OSError, StopIteration):
+        return "zombie"
+
+
+DRIVER = """
+import sys
+from harness.isolation import run_isolated
+from sab.train import TrialSpec
+print(run_isolated(TrialSpec(task="copy", seq_len=20, hidden_size=32, batch_size=8, method="sab", steps=10**6, eval_interval=10**6)))
+"""
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.3, 3.0])  # in the interpreter's start, in its imports, training
+def test_a_sigkilled_driver_leaves_no_trial_running(delay_s):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stdout=subprocess.DEVNULL)
+    deadline, children = time.monotonic() + 30, []
+    while not children and time.monotonic() < deadline:
+        children = [pid for pid, (parent, argv) in _processes().items() if parent == driver.pid and CHILD_MARK in argv]
+    assert children, "the driver never started its trial"
+    time.sleep(delay_s)
+    driver.kill()
+    driver.wait()
+    assert _gone_within(children, 5), f"trial {children} outlived its SIGKILLed driver (delay {delay_s} s)"
+
+
+@pytest.mark.parametrize("how", ["kill", "term_then_kill"])  # kill -9; `timeout -k`: SIGTERM, then SIGKILL 2 s later
+def test_ray_trials_stop_within_seconds_of_their_driver(tmp_path, how):
+    sweeps = _sweeps(
+        tmp_path, forever=f"fixed: {{{TINY}, steps: 1000000, eval_interval: 20}}\ngrid: {{seed: [0, 1]}}\nbudgets: {{quick: {{}}}}\n"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(sweeps))
+    driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "forever", "--executor", "ray", "--no-timing"], cwd=work, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for line in driver.stdout:  # a trial is training once it reports a step
+        if "step=" in line:
+            break
+    children = _trial_children(driver.pid)
+    assert children, "no trial process found under the driver"
+    if how == "term_then_kill":
+        driver.terminate()
+        try:
+            driver.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+    driver.kill()
+    driver.wait()
+    assert _gone_within(children, 10), f"Ray trials {children} kept running after their driver was SIGKILLed"
