@@ -1,6 +1,10 @@
 """MLflow runs -> pandas -> `results/NAME/`: report.md, cells.csv, main_table.csv and PNG plots.
 
-    python -m harness.report copy_lengths [--budget quick] [--results-dir results] [--tracking-uri URI]
+    sab-report copy_lengths                    # = python -m harness.report copy_lengths; budget quick
+    sab-report copy_long --budget smoke --results-dir /tmp/results
+
+Exit code: 0 when the report was written (or a fuller one kept), 2 for bad input (unknown sweep
+or budget, unreachable store).
 
 One row per cell (its latest run with a result status, else its latest failure). Accuracy is
 the mean and 95% t interval over seeds of the ok cells (harness/stats.py); where the sweep has an lr axis, each method's lr is picked
@@ -214,6 +218,21 @@ def _differences(by: dict[str, pd.DataFrame], references: list[str], column: str
     return text
 
 
+def headline(cells: pd.DataFrame, metric: str) -> dict[str, float]:
+    """The figures a runs page should show without a click: each method's mean metric over its ok
+    seeds per T (`accuracy.sab.T30`), and SAB's peak memory over each reference's."""
+    ok = cells[cells["status"] == "ok"]
+    figures = {}
+    for (method, seq_len), group in ok.groupby(["method", "seq_len"]) if not ok.empty and metric in ok else ():
+        figures[f"{metric}.{method}.T{int(seq_len)}"] = float(group[metric].mean())
+    for seq_len, group in ok.groupby("seq_len") if "peak_bytes" in ok else ():
+        by = group.groupby("method")["peak_bytes"].mean()
+        for reference in REFERENCES:
+            if SUBJECT in by and reference in by and by[reference] > 0:
+                figures[f"peak_memory.{SUBJECT}_over_{reference}.T{int(seq_len)}"] = float(by[SUBJECT] / by[reference])
+    return figures
+
+
 TARGET_ACCURACY = 0.9
 """Time to accuracy counts the steps until validation accuracy first reaches this."""
 
@@ -271,8 +290,10 @@ def time_to_accuracy(cells: pd.DataFrame, tracker: Tracker, timing: pd.DataFrame
 
 
 def _first_step_at(tracker: Tracker, run_id: str, target: float) -> int | None:
-    history = sorted(tracker.client.get_metric_history(run_id, "curve_val_accuracy"), key=lambda m: m.step)
-    return next((m.step for m in history if m.value >= target), None)
+    """The first training step at which validation accuracy reached `target` (curves logged as
+    stepped val_accuracy; runs logged before that kept them as curve_val_accuracy)."""
+    history = [m for name in ("val_accuracy", "curve_val_accuracy") for m in tracker.client.get_metric_history(run_id, name)]
+    return next((m.step for m in sorted(history, key=lambda m: m.step) if m.value >= target), None)
 
 
 def _duration(seconds: float) -> str:
@@ -374,6 +395,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         _WRITTEN[out / "report.md"] = [out / "report.md"]
         return out / "report.md"
     cells.to_csv(out / "cells.csv", index=False)
+    tracker.log_summary(headline(cells, config.metric))
     table = main_table(cells, config)
     table.to_csv(out / "main_table.csv", index=False)
     memory, timing = memory_table(cells), time_table(cells)
@@ -473,11 +495,13 @@ def _cells_in(folder: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: rebuild a sweep's report from the store."""
-    parser = argparse.ArgumentParser(prog="python -m harness.report", description="Tables and plots of a sweep from its MLflow runs.")
+    parser = argparse.ArgumentParser(prog="sab-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep name (a file in sweeps/)")
     parser.add_argument("--budget", default=DEFAULT_BUDGET, help="which budget's runs (default: quick)")
     parser.add_argument("--results-dir", default="results", help="where the store and reports live")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the local store under results/)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS_DIR/mlflow.db)"
+    )
     args = parser.parse_args(argv)
     try:
         config = load_sweep(args.sweep, [f"budget={args.budget}"])

@@ -4,6 +4,7 @@
     python -m harness.sweep copy_lengths budget=smoke seq_len=[10,20] --executor local
     python -m harness.sweep copy_lengths --dry-run             # every cell: done / missing / failed
     python -m harness.sweep --list
+    sab-sweep copy_long                                        # the same command, as a console script
 
 Overrides: `key=value`; a bare parameter name means `grid.NAME` if the sweep has that axis, else
 `fixed.NAME`; `budget=smoke|quick|paper` picks a budget (default quick). A rerun skips cells
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from harness.cells import Cell, check_data, expand
-from harness.config import SweepConfig, SweepError, list_sweeps, load_sweep
+from harness.config import LOWER_IS_BETTER, SweepConfig, SweepError, list_sweeps, load_sweep
 from harness.executors import EXECUTORS, Executor, make_executor
 from harness.timing import clean_timing
 from harness.tracking import RUNNING, Tracker
@@ -34,18 +35,26 @@ LARGE_SWEEP = 200
 
 
 def _parser() -> argparse.ArgumentParser:
+    summary, _, details = __doc__.partition("\n\n")
     parser = argparse.ArgumentParser(
-        prog="python -m harness.sweep", description="Run a named SAB-bench sweep.", formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="sab-sweep",
+        description=f"{summary}\n\n{details.strip(chr(10))}",
+        epilog=f"sweeps (sweeps/NAME.yaml): {', '.join(list_sweeps())}\n`python -m harness.sweep` is the same command as `sab-sweep`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sweep", nargs="?", help="sweep name: a file sweeps/NAME.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (budget=, grid.*, fixed.*, or a bare parameter)")
     parser.add_argument("--list", action="store_true", help="list the sweeps and exit")
     parser.add_argument("--dry-run", action="store_true", help="print every cell as done / missing / failed; run nothing")
-    parser.add_argument("--executor", default="ray", help=f"where cells run: {', '.join(EXECUTORS)} (default: ray)")
+    parser.add_argument(  # checked by make_executor, for the project's one-line error
+        "--executor", default="ray", metavar="{" + ",".join(EXECUTORS) + "}", help="where cells run (default: ray, a private local Ray)"
+    )
     parser.add_argument(
         "--address", default=None, help="Ray cluster address (auto, HOST:PORT, ray://HOST:PORT); default: a private local Ray"
     )
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results-dir)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS_DIR/mlflow.db)"
+    )
     parser.add_argument("--results-dir", default="results", help="store, reports and executor folders (default: ./results)")
     parser.add_argument("--detach", action="store_true", help="slurm: submit and return; rerun the command to collect")
     parser.add_argument("--timing", action="store_true", help="one trial per device at a time (clean times; GPUs: one per GPU)")
@@ -141,6 +150,7 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
         dry_run(cells, tracker.cell_statuses(config.budget) if tracker.find() else {})
         return 0
     tracker.open()
+    tracker.describe(config.description, config.metric, config.metric not in LOWER_IS_BETTER)
     collect_handed_off(executor, tracker, cells, config.budget)
     statuses = tracker.cell_statuses(config.budget)
     todo = [c for c in cells if statuses.get(c.cell_id) not in RESULT_STATUSES + (RUNNING,)]

@@ -64,6 +64,28 @@ def git_sha() -> str:
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
 
 
+def resolve_uri(flag: str | None, results_dir: Path) -> str:
+    """Which store: --tracking-uri, else $MLFLOW_TRACKING_URI (as every MLflow tool reads it),
+    else the project's local store under results_dir."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(results_dir)
+
+
+def search_runs(uri: str, **query):
+    """mlflow.search_runs on one store as a pandas DataFrame, leaving the process's tracking URI
+    (and $MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri sets) as they were."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(**query)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            mlflow.set_tracking_uri(before)
+
+
 def check_reachable(uri: str) -> None:
     """A ~2 s health check of a tracking server (not the client's long retries); local stores need a writable folder."""
     parsed = urlparse(uri)
@@ -103,7 +125,7 @@ class Tracker:
     def __init__(self, sweep: str, results_dir: Path, tracking_uri: str | None = None) -> None:
         self.sweep = sweep
         self.results_dir = results_dir.resolve()
-        self.uri = tracking_uri or default_uri(self.results_dir)
+        self.uri = resolve_uri(tracking_uri, self.results_dir)
         self.artifact_root = (self.results_dir / "mlartifacts").as_uri()
         self._client = None
         self.experiment_id: str | None = None
@@ -145,6 +167,31 @@ class Tracker:
                 self.experiment_id = experiment.experiment_id
         return self.experiment_id
 
+    def describe(self, description: str, metric: str, greater_is_better: bool) -> None:
+        """Tag the sweep's experiment so MLflow 3 opens it as model development (the classic runs
+        view, not the GenAI pages), with its primary metric and the sweep's description as its note."""
+        tags = {
+            "mlflow.experimentKind": "custom_model_development",
+            "mlflow.experiment.primaryMetric.name": metric,
+            "mlflow.experiment.primaryMetric.greaterIsBetter": str(greater_is_better).lower(),
+            "mlflow.note.content": description.strip(),
+        }
+        with self.lock(), _store_errors(self.uri):
+            for key, value in tags.items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
+
+    def log_summary(self, values: dict[str, float]) -> None:
+        """Headline figures on the invocation's run (each method's mean metric per T, memory ratios),
+        so the runs page shows the sweep's answer without expanding a run."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if _finite(v)]
+        if self.parent_id and metrics:
+            with self.lock():
+                for start in range(0, len(metrics), 1000):
+                    self.client.log_batch(self.parent_id, metrics=metrics[start : start + 1000])
+
     def find(self) -> bool:
         """Bind to the sweep's experiment if the store and the experiment exist; creates nothing
         (a local store that does not exist yet is not created)."""
@@ -157,13 +204,10 @@ class Tracker:
 
     def cell_runs(self, budget: str | None = None):
         """Every active child run of the sweep (optionally one budget) as a pandas DataFrame."""
-        import mlflow
-
-        mlflow.set_tracking_uri(self.uri)
         filters = ["tags.cell_id != ''"]
         if budget:
             filters.append(f"tags.budget = '{budget}'")
-        return mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string=" and ".join(filters), max_results=100000)
+        return search_runs(self.uri, experiment_ids=[self.experiment_id], filter_string=" and ".join(filters), max_results=100000)
 
     def cell_statuses(self, budget: str) -> dict[str, str]:
         """cell_id -> a result status if any run has one, else `running` (a live driver holds it),
@@ -212,10 +256,7 @@ class Tracker:
 
     def _reap(self, budget: str) -> None:
         """Mark KILLED the runs (cells and invocations) left RUNNING by drivers that died."""
-        import mlflow
-
-        mlflow.set_tracking_uri(self.uri)
-        runs = mlflow.search_runs(experiment_ids=[self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=100000)
+        runs = search_runs(self.uri, experiment_ids=[self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=100000)
         for _, row in runs.iterrows() if not runs.empty else ():
             if not holder_alive(_tags(row)):
                 if row.get("tags.cell_id"):
@@ -264,6 +305,7 @@ class Tracker:
             "device_name": result.device_name, "executor": outcome.executor, "concurrency": str(outcome.concurrency),
             "threads": str(outcome.threads), "error_type": result.error_type, "python": sys.version.split()[0],
             "location": outcome.location,
+            "mlflow.source.git.commit": git_sha().removesuffix("-dirty"),
         }  # fmt: skip
         if result.error:
             tags["error"] = result.error[:4000]
@@ -273,9 +315,9 @@ class Tracker:
         metrics = [Metric(k, float(v), now, result.steps_done) for k, v in result.metrics.items() if _finite(v)]
         metrics += [Metric(k, float(getattr(result, k)), now, result.steps_done) for k in FINAL_METRICS if _finite(getattr(result, k))]
         metrics.append(Metric("wall_seconds", float(outcome.wall_seconds), now, result.steps_done))
-        for point in result.curve:
-            step = int(point["step"])
-            metrics += [Metric(f"curve_{k}", float(v), now, step) for k, v in point.items() if k != "step" and _finite(v)]
+        for point in result.curve:  # the learning curve under the metrics' own names, by training step, so the UI
+            step = int(point["step"])  # overlays curves across runs; 1 ms older than the finals, which stay the latest
+            metrics += [Metric(k, float(v), now - 1, step) for k, v in point.items() if k != "step" and _finite(v)]
         params = [Param(k, str(v)) for k, v in cell.params().items()]
         with self.lock():
             if self.client.get_run(run_id).info.status != "RUNNING":
@@ -311,11 +353,11 @@ class Tracker:
 
     def timing_runs(self, budget: str):
         """The latest clean timing of each configuration of this budget, as a pandas DataFrame."""
-        import mlflow
-
-        mlflow.set_tracking_uri(self.uri)
-        runs = mlflow.search_runs(
-            experiment_ids=[self.experiment_id], filter_string=f"tags.kind = 'timing' and tags.budget = '{budget}'", max_results=100000
+        runs = search_runs(
+            self.uri,
+            experiment_ids=[self.experiment_id],
+            filter_string=f"tags.kind = 'timing' and tags.budget = '{budget}'",
+            max_results=100000,
         )
         if runs.empty:
             return runs

@@ -1,7 +1,8 @@
 """Open the MLflow UI on the project's store, bound to 127.0.0.1.
 
-    python -m harness.ui                 # http://127.0.0.1:5000, store results/mlflow.db
-    python -m harness.ui --port 5055 --results-dir /path/to/results
+    sab-ui                               # = python -m harness.ui: http://127.0.0.1:5000, store results/mlflow.db
+    sab-ui --port 5055 --results-dir /path/to/results
+    mlflow ui --backend-store-uri sqlite:///results/mlflow.db    # plain MLflow, the same store
 
 Runs `mlflow server` with one worker and without MLflow's job runner (its default UI starts a
 pool of job consumers of ~2 GB); reach it from elsewhere through an SSH tunnel rather than
@@ -32,7 +33,7 @@ def command(results_dir: Path, host: str, port: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Replace this process with the MLflow server."""
-    parser = argparse.ArgumentParser(prog="python -m harness.ui", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="sab-ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", default="results", help="folder holding mlflow.db (default: ./results)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=5000, help="port (default: 5000)")

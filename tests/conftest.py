@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m ...args` from cwd with the project importable; capture its output."""
     full_env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full_env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri in a test sets it; a command gets it only when asked
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
@@ -37,3 +38,10 @@ def _sigint_left_alone(request):
     after = signal.getsignal(signal.SIGINT)
     if after is not before:
         print(f"\nwarning: {request.node.nodeid} left SIGINT as {after!r} (was {before!r})")
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_from_earlier_tests(monkeypatch):
+    """The harness honours MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri (used by tests to
+    read a store) also sets: each test starts without it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

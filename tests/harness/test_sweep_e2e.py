@@ -42,8 +42,11 @@ def test_smoke_sweep_exits_0_and_logs_a_child_run_per_cell(smoke):
         assert runs[column].notna().all(), column
     assert set(runs["params.method"]) == {"bptt", "tbptt", "self_attention", "sab"}
     client = mlflow.tracking.MlflowClient()
-    history = client.get_metric_history(runs["run_id"].iloc[0], "curve_val_accuracy")
-    assert [m.step for m in history] == [10, 20]
+    history = client.get_metric_history(runs["run_id"].iloc[0], "val_accuracy")  # the curve, by training step, then the final
+    assert sorted({m.step for m in history}) == [10, 20] and len(history) == 3
+    latest = max(history, key=lambda m: (m.step, m.timestamp))
+    assert runs["metrics.val_accuracy"].iloc[0] == latest.value
+    assert runs["tags.mlflow.source.git.commit"].str.fullmatch("[0-9a-f]{40}").all()
     assert re.search(r"\[4/4\] ok", out.stdout)
 
 
@@ -105,3 +108,32 @@ def test_timing_mode_runs_one_cell_at_a_time(fresh_dir):
     assert set(runs["tags.concurrency"]) == {"1"} and set(runs["tags.executor"]) == {"ray"}
     report = (fresh_dir / "results" / "copy_lengths" / "smoke" / "report.md").read_text()
     assert "| bptt | 5 |" in report.split("## Time of cells run one at a time")[1]  # a time table, from those rows
+
+
+def test_the_experiment_opens_as_model_development_with_the_answer_on_the_invocation_run(smoke):
+    folder, out = smoke
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("copy_lengths")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI pages
+    assert experiment.tags["mlflow.experiment.primaryMetric.name"] == "accuracy"
+    assert experiment.tags["mlflow.experiment.primaryMetric.greaterIsBetter"] == "true"
+    assert experiment.tags["mlflow.note.content"].startswith("Copy task")
+    parents = client.search_runs([experiment.experiment_id], "tags.kind = 'invocation'", order_by=["attributes.start_time ASC"])
+    parent = parents[0]  # the first invocation ran the cells (a later test reruns the command, which runs none)
+    cells = pd.read_csv(folder / "results" / "copy_lengths" / "smoke" / "cells.csv")
+    sab = cells[cells["method"] == "sab"]["accuracy"].mean()
+    assert parent.data.metrics["accuracy.sab.T5"] == pytest.approx(sab)
+    assert "peak_memory.sab_over_bptt.T5" in parent.data.metrics
+
+
+def test_mlflow_tracking_uri_is_honoured_and_the_flag_wins(fresh_dir):
+    elsewhere = fresh_dir / "team_store.db"
+    args = ["harness.sweep", "copy_lengths", "budget=smoke", "grid.method=[bptt]", "--executor", "local", "--no-timing", "--no-report"]
+    out = cli(args, fresh_dir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{elsewhere}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert elsewhere.exists() and not (fresh_dir / "results" / "mlflow.db").exists()
+    flag = fresh_dir / "flag_store.db"
+    out = cli([*args, "--tracking-uri", f"sqlite:///{flag}"], fresh_dir, env={"MLFLOW_TRACKING_URI": f"sqlite:///{elsewhere}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{flag}")
+    assert len(client.search_runs([client.get_experiment_by_name("copy_lengths").experiment_id], "tags.cell_id != ''")) == 1
