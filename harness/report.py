@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import logs
 from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
 from harness.figures import metric_plots
 from harness.machine import machine
@@ -503,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS_DIR/mlflow.db)"
     )
     args = parser.parse_args(argv)
+    logs.configure()
     try:
         config = load_sweep(args.sweep, [f"budget={args.budget}"])
         tracker = Tracker(config.name, Path(args.results_dir), args.tracking_uri)

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness import logs
 from harness.cells import Cell, check_data, expand
 from harness.config import LOWER_IS_BETTER, SweepConfig, SweepError, list_sweeps, load_sweep
 from harness.executors import EXECUTORS, Executor, make_executor
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timing", action="store_true", help="one trial per device at a time (clean times; GPUs: one per GPU)")
     parser.add_argument("--no-report", action="store_true", help="do not rebuild the report at the end")
     parser.add_argument("--yes", action="store_true", help=f"run a sweep of more than {LARGE_SWEEP} cells (refused without it)")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", action="store_const", const="quiet", dest="verbosity", help="libraries' errors only, no warnings")
+    loudness.add_argument("--verbose", action="store_const", const="verbose", dest="verbosity", help="libraries' INFO lines too")
+    parser.set_defaults(verbosity="default")
     parser.add_argument("--no-timing", action="store_true", help="skip the clean timing pass that ends every run (its wall-clock section)")
     return parser
 
@@ -221,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_intermixed_args(argv)  # overrides may follow the --options
+    logs.configure(args.verbosity)
     if args.list:
         for name in list_sweeps():
             print(name)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from harness.cells import Cell
 from harness.config import Resources, SweepError
+from harness.machine import usable_cpus
 from sab.train import TrialResult, TrialSpec
 
 
@@ -82,7 +83,7 @@ def check_this_machine(resources: Resources, cells: list[Cell] = ()) -> None:
         except ValueError as error:
             raise SweepError(f"{error} (set device=cpu or device=auto)") from None
 
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if resources.cpus_per_trial > cpus:
         raise SweepError(f"resources.cpus_per_trial={resources.cpus_per_trial} exceeds this machine's {cpus} CPUs")
     total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

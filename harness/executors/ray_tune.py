@@ -13,6 +13,8 @@ import json
 import os
 import queue
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from harness.config import Resources, SweepError
 from harness.executors.base import Executor, Outcome, SubmitHook, check_gpu_reservation, check_this_machine, trial_spec
 from harness.isolation import run_isolated
 from harness.liveness import this_driver
+from harness.machine import usable_cpus
 from sab.train import TrialResult, TrialSpec
 
 RESULT_KEY = "trial_result_json"
@@ -175,6 +178,9 @@ class RayExecutor(Executor):
         self.concurrency = 1
         self.cluster_address = ""
         self.times_here = address is None  # a cluster's trials run on its nodes
+        # Tune's own console output (the configuration box, "View detailed results", a TensorBoard
+        # hint) is off: the driver prints the project's progress lines. Read when Tune runs.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         if address is None:  # Ray reads RAY_AUTH_MODE when it is imported: before any import of ray
             _private_token()
         else:
@@ -194,7 +200,7 @@ class RayExecutor(Executor):
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         if not ray.is_initialized():
             if self.address is None:
-                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning", log_to_driver=False)
+                ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False, logging_level="warning", log_to_driver=False)
             else:
                 try:
                     ray.init(address=self.address, logging_level="warning", log_to_driver=False)
@@ -215,6 +221,11 @@ class RayExecutor(Executor):
         if need_gpu > available.get("GPU", 0):
             raise SweepError(f"resources.gpus_per_trial={need_gpu} but the Ray cluster has {available.get('GPU', 0):g} GPUs")
         return available
+
+    def _scratch(self) -> str:
+        """Where Tune may write while a sweep runs: under the executor's folder (results/ray)."""
+        os.makedirs(self.storage_path, exist_ok=True)
+        return self.storage_path
 
     def stop(self) -> None:
         """Stop every running trial (Ctrl-C): shut the private Ray down."""
@@ -249,6 +260,9 @@ class RayExecutor(Executor):
             {"cell_id": c.cell_id, "spec": asdict(trial_spec(c, self.resources)), "mem_gb": self.resources.mem_gb, "driver": driver}
             for c in cells
         ]
+        # Tune's experiment state (tuner.pkl, progress.csv, event files) is read by nothing here:
+        # MLflow is the record. It goes to a folder of this invocation, removed when it ends.
+        storage = tempfile.mkdtemp(prefix="tune-", dir=self._scratch())
         trainable = tune.with_resources(_trainable, {"cpu": self.resources.cpus_per_trial, "gpu": self.resources.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
@@ -260,7 +274,7 @@ class RayExecutor(Executor):
             ),
             run_config=tune.RunConfig(
                 name=self.experiment_name,
-                storage_path=self.storage_path,
+                storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=0),
                 callbacks=[collector.callback],
                 verbose=0,
@@ -279,13 +293,16 @@ class RayExecutor(Executor):
         thread = threading.Thread(target=fit, name="ray-tune-fit", daemon=True)
         thread.start()
         yielded = 0
-        while yielded < len(cells):
-            item = sink.get()
-            if item is None:
-                break
-            yielded += 1
-            yield item
-        thread.join(timeout=60)
+        try:
+            while yielded < len(cells):
+                item = sink.get()
+                if item is None:
+                    break
+                yielded += 1
+                yield item
+            thread.join(timeout=60)
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
         for cell in cells:  # anything Tune never reported is a failure, never silently dropped
             if cell.cell_id not in collector.done:
                 reason = (

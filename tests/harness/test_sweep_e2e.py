@@ -137,3 +137,12 @@ def test_mlflow_tracking_uri_is_honoured_and_the_flag_wins(fresh_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     client = mlflow.tracking.MlflowClient(f"sqlite:///{flag}")
     assert len(client.search_runs([client.get_experiment_by_name("copy_lengths").experiment_id], "tags.cell_id != ''")) == 1
+
+
+def test_a_ray_sweep_prints_only_the_projects_lines_and_leaves_no_tune_state(smoke):
+    folder, out = smoke
+    said = out.stdout + out.stderr
+    for chatter in ("Configuration for experiment", "View detailed results", "tensorboard", "INFO mlflow", "Creating initial MLflow"):
+        assert chatter.lower() not in said.lower(), chatter
+    assert not list((folder / "results" / "ray").rglob("tuner.pkl"))  # Tune's state is not kept: nothing reads it
+    assert not list((folder / "results" / "ray").rglob("progress.csv"))
