@@ -30,7 +30,7 @@ COST_REFERENCES = ("bptt", "bptt_cell")
 COLUMNS = (
     "method", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "batch_size",
     "peak_saved_bytes", "held_bytes", "peak_bytes", "peak_rss_bytes", "step_seconds",
-    "device", "threads", "status", "predicted_bytes", "cuda_max_allocated_bytes", "repeats",
+    "device", "threads", "status", "predicted_bytes", "cuda_max_allocated_bytes", "cuda_step_growth_bytes", "repeats",
     "step_seconds_min", "step_seconds_max", "steps_per_repeat", "task", "attn_size", "scorer_init", "tokens_per_step",
 )  # fmt: skip
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from sab.measure import MemoryMeter, cuda_peak, rss_peak_bytes, rss_peak_reset, synchronize
+from sab.measure import MemoryMeter, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset, synchronize
 from sab.methods import METHODS, build_model
 from sab.tasks import make_task
 from sab.tasks.base import Batch, cross_entropy, one_hot
@@ -44,6 +44,7 @@ class Worker:
 
     def __init__(self, config: dict) -> None:
         torch.set_num_threads(config["threads"])
+        full_float32()  # every engine in the same float32, no TF32 for cuDNN's
         torch.manual_seed(0)
         self.config = config
         self.device = torch.device(config["device"])
@@ -86,6 +87,7 @@ class Worker:
             "peak_bytes": meter.peak_bytes,
             "peak_rss_bytes": max(0, rss_peak_bytes() - base),
             "cuda_max_allocated_bytes": cuda.get("cuda_max_allocated_bytes", 0),
+            "cuda_step_growth_bytes": cuda.get("cuda_step_growth_bytes", 0),
         }
 
     def time(self, steps: int) -> float:

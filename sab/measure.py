@@ -143,17 +143,30 @@ def synchronize(device: torch.device | str) -> None:
 
 @contextmanager
 def cuda_peak(device: torch.device | str):
-    """Reset CUDA peak stats on entry; yields a dict filled with allocated/reserved peaks on exit."""
+    """Reset CUDA peak stats on entry; yields a dict filled on exit, also when the body raised
+    (an out-of-memory step keeps the figure it reached): the absolute peaks, and
+    `cuda_step_growth_bytes`, the peak above what was allocated on entry (the step's own cost)."""
     out: dict[str, int] = {}
     is_cuda = torch.device(device).type == "cuda"
     if is_cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    yield out
-    if is_cuda:
-        torch.cuda.synchronize(device)
-        out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-        out["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+        entry = torch.cuda.memory_allocated(device)
+    try:
+        yield out
+    finally:
+        if is_cuda:
+            torch.cuda.synchronize(device)
+            out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+            out["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+            out["cuda_step_growth_bytes"] = out["cuda_max_allocated_bytes"] - entry
+
+
+def full_float32() -> None:
+    """Float32 matmuls and convolutions in full precision on CUDA (no TF32): cuDNN allows TF32 by
+    default, which would make fused-kernel baselines faster and less exact than float32 SAB."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 class StepTimer:

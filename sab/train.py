@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from sab.checkpoint import Checkpointer, restore, training_state
-from sab.measure import MemoryMeter, StepTimer, cuda_peak, rss_peak_bytes, rss_peak_reset
+from sab.measure import MemoryMeter, StepTimer, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset
 from sab.methods import METHOD_NAMES, METHODS, Knobs, ModelShape
 from sab.sparse_attention import SCORER_INITS
 from sab.tasks import TASKS, Task, make_task
@@ -271,6 +271,7 @@ def run_trial(spec: TrialSpec, on_report: Callable[[dict], None] | None = None) 
 
 def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -> None:
     torch.set_num_threads(spec.threads)
+    full_float32()  # the same float32 for every method (cuDNN's LSTM would otherwise use TF32)
     device = resolve_device(spec.device)
     dtype = getattr(torch, spec.dtype)
     result.device = str(device)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 
 from benchmarks.cost import COLUMNS, CostConfig, main, predicted_bytes
+from tests.conftest import ROOT
 
 B, H, A, K_TRUNC, K_ATT, K_TOP, CLASSES, F = 32, 128, 128, 10, 10, 5, 10, 4
 
@@ -63,3 +65,26 @@ def test_skips_what_cannot_fit():
     huge = CostConfig("self_attention", 100_000)
     assert predicted_bytes(huge) > 1 << 40
     assert predicted_bytes(CostConfig("sab", 1000)) < predicted_bytes(CostConfig("bptt", 1000))
+
+
+def test_every_engine_is_timed_in_full_float32_without_tf32():
+    """cuDNN allows TF32 by default: a fused baseline would be timed at lower precision than SAB."""
+    import torch
+
+    from benchmarks.cost_worker import Worker
+
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        Worker({"method": "bptt", "seq_len": 6, "hidden_size": 4, "batch_size": 2, "k_trunc": 2, "k_att": 2, "k_top": 1,
+                "threads": 1, "device": "cpu"})  # fmt: skip
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def test_gpu_check_header_names_every_file_it_writes():
+    """Its users read the header to find the figures (it once named a csv it never wrote)."""
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    written = re.findall(r"--out results/cost/(\S+)", text)
+    assert written and all(name in header for name in written), written
