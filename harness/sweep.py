@@ -29,6 +29,7 @@ from harness.config import LOWER_IS_BETTER, SweepConfig, SweepError, list_sweeps
 from harness.executors import EXECUTORS, Executor, make_executor
 from harness.timing import clean_timing
 from harness.tracking import RUNNING, Tracker
+from harness.ui import runs_page
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
 LARGE_SWEEP = 200
@@ -210,6 +211,8 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
         path = write_report(config, tracker, results_dir, wall_seconds=wall if todo else None)
         tracker.log_report(report_files(path))
         print(f"report: {path}")
+    if tracker.uri.startswith("sqlite:///") and tracker.experiment_id:
+        print(f"browse: mlflow ui --backend-store-uri {tracker.uri}, then {runs_page('http://127.0.0.1:5000', tracker.experiment_id)}")
     return _summary(outcomes, wall)
 
 

@@ -20,6 +20,12 @@ from pathlib import Path
 from harness.tracking import default_uri
 
 
+def runs_page(base_url: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow 3's model-training view: a browser new to MLflow opens
+    experiments in its GenAI view (its default, kept in the browser), whatever the experiment's kind."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def command(results_dir: Path, host: str, port: int) -> list[str]:
     """The server command line for a store under results_dir."""
     results_dir = results_dir.resolve()
@@ -46,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     argv_out = command(results_dir, args.host, args.port)
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {default_uri(results_dir)})", flush=True)
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {default_uri(results_dir)}); a sweep's runs: "
+          f"{runs_page(f'http://{args.host}:{args.port}', 'ID')} (ID: the experiment's id)", flush=True)  # fmt: skip
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     os.execv(argv_out[0], argv_out)
     return 0  # not reached
