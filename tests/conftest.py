@@ -45,3 +45,23 @@ def _no_tracking_uri_from_earlier_tests(monkeypatch):
     """The harness honours MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri (used by tests to
     read a store) also sets: each test starts without it."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop a server started with start_new_session=True, and everything it started: TERM, then KILL."""
+    import signal
+
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)

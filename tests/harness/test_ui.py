@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from harness.tracking import Tracker
-from tests.conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import ROOT, free_port, stop_server
 
 
 def _listening_hosts(port: int) -> set[str]:
@@ -37,7 +29,7 @@ def _listening_hosts(port: int) -> set[str]:
 def test_ui_serves_the_store_on_loopback(tmp_path):
     results = tmp_path / "results"
     Tracker("copy_lengths", results).open()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen(
         [sys.executable, "-m", "harness.ui", "--results-dir", str(results), "--port", str(port)],
@@ -57,11 +49,7 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
         assert '"name": "copy_lengths"' in body or '"name":"copy_lengths"' in body, body
         assert _listening_hosts(port) == {"0100007F"}  # 127.0.0.1, nothing else
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_server(server)
 
 
 def test_ui_without_a_store_says_so(tmp_path):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ import mlflow
 import pytest
 
 from harness.ui import runs_page
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT, cli, free_port, stop_server
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -43,12 +41,6 @@ def _chromium() -> str:
     return CHROMIUM
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """A smoke sweep's store served by the README's command; yields (base URL, store URI)."""
@@ -58,7 +50,7 @@ def ui(tmp_path_factory):
     out = cli(["harness.sweep", "copy_lengths", "budget=smoke", "grid.method=[bptt,sab]", "--executor", "local", "--no-timing"], folder)
     assert out.returncode == 0, out.stderr[-2000:]
     store = f"sqlite:///{folder / 'results' / 'mlflow.db'}"
-    port = _free_port()
+    port = free_port()
     mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
     server = subprocess.Popen([mlflow_cli, "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)], cwd=folder,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -76,11 +68,7 @@ def ui(tmp_path_factory):
             yield base, store, chromium
             chromium.close()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_server(server)
 
 
 def test_the_runs_page_lists_the_sweeps_runs_in_the_model_training_view(ui):
