@@ -32,6 +32,8 @@ from harness.tracking import RUNNING, Tracker
 from harness.ui import runs_page
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
+CLAIM_BATCH = 200
+"""Cells claimed (and handed to the executor) at once: a sweep up to this size runs as one batch."""
 LARGE_SWEEP = 200
 """A sweep of more cells than this needs --yes: a typo in a grid (seed=[0..50]) should not start thousands of trials."""
 
@@ -84,10 +86,35 @@ def _metric_text(result) -> str:
     return " ".join(shown)
 
 
-def _eta(elapsed: float, done: int, total: int) -> str:
-    if done == 0 or done >= total:
-        return "0s"
-    seconds = elapsed / done * (total - done)
+def projection(tracker: Tracker, config: SweepConfig, todo: list[Cell]) -> str:
+    """'; projected N core-hours ...' from the clean s/step this store measured for the same
+    configurations, or '' when it has none (a first run)."""
+    timing = tracker.timing_runs(config.budget)
+    if timing.empty:
+        return ""
+    rates = {}
+    for _, row in timing.iterrows():
+        key = tuple(str(row.get(f"params.{k}")) for k in ("method", "seq_len", "hidden_size", "batch_size"))
+        rates[key] = row.get("metrics.step_seconds")
+    known = [(c, rates.get((c.spec.method, str(c.spec.seq_len), str(c.spec.hidden_size), str(c.spec.batch_size)))) for c in todo]
+    seconds = [c.spec.steps * rate for c, rate in known if rate == rate and rate is not None]
+    if not seconds:
+        return ""
+    return f"; projected {sum(seconds) / 3600:.1f} core-hours of training for the {len(seconds)} of {len(todo)} with a clean s/step measured here"
+
+
+def _eta(finished: list, remaining: list[Cell], concurrency: int) -> str:
+    """Time left: each remaining cell's steps at the wall seconds per step its method took in the
+    finished cells (the mean over methods for one not seen yet), shared by the concurrent slots.
+    Methods differ 10x in cost, so a count of cells alone misleads."""
+    if not remaining or not finished:
+        return "0s" if not remaining else "?"
+    rates: dict[str, list[float]] = {}
+    for outcome in finished:
+        rates.setdefault(outcome.cell.spec.method, []).append(outcome.wall_seconds / max(1, outcome.cell.spec.steps))
+    mean = {method: sum(r) / len(r) for method, r in rates.items()}
+    overall = sum(mean.values()) / len(mean)
+    seconds = sum(c.spec.steps * mean.get(c.spec.method, overall) for c in remaining) / max(1, concurrency)
     return f"{seconds / 60:.1f}min" if seconds > 90 else f"{seconds:.0f}s"
 
 
@@ -160,33 +187,44 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
     collect_handed_off(executor, tracker, cells, config.budget)
     statuses = tracker.cell_statuses(config.budget)
     todo = [c for c in cells if statuses.get(c.cell_id) not in RESULT_STATUSES + (RUNNING,)]
+    running_before = sum(1 for c in cells if statuses.get(c.cell_id) == RUNNING)
     started = time.monotonic()
     outcomes = []
     if todo:
         tracker.start_parent(config.budget, executor.name, ["python", "-m", "harness.sweep", *argv])
-        claimed, held = tracker.claim(cells, config.budget)
-        run_ids = {cell.cell_id: run_id for cell, run_id in claimed}
+        attempted: set[str] = set()
+        total, run_ids = None, {}
+        try:  # claim in bounded batches: Ctrl-C is honoured between them, a killed driver leaves few stale claims
+            while True:
+                claimed, held = tracker.claim([c for c in cells if c.cell_id not in attempted], config.budget, limit=CLAIM_BATCH)
+                if total is None:
+                    total = len(todo) if len(todo) > CLAIM_BATCH else len(claimed)
+                    batches = f" in batches of {CLAIM_BATCH}" if total > CLAIM_BATCH else ""
+                    print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - len(todo) - running_before} "
+                          f"done, {held} running elsewhere, {total} to run on {executor.name}{batches}"
+                          f"{projection(tracker, config, todo)}", flush=True)  # fmt: skip
+                if not claimed:
+                    break
+                attempted.update(cell.cell_id for cell, _ in claimed)
+                run_ids = {cell.cell_id: run_id for cell, run_id in claimed}
 
-        def on_submit(cell: Cell, job_id: str, folder: str) -> None:
-            tracker.hand_off(run_ids[cell.cell_id], executor.name, job_id, folder)
+                def on_submit(cell: Cell, job_id: str, folder: str, run_ids=run_ids) -> None:
+                    tracker.hand_off(run_ids[cell.cell_id], executor.name, job_id, folder)
 
-        print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - len(claimed) - held} done, "
-              f"{held} running elsewhere, {len(claimed)} to run on {executor.name}", flush=True)  # fmt: skip
-        try:
-            for outcome in executor.run([cell for cell, _ in claimed], on_submit):
-                tracker.log_outcome(outcome, run_ids.pop(outcome.cell.cell_id))
-                outcomes.append(outcome)
-                elapsed = time.monotonic() - started
-                print(
-                    f"[{len(outcomes)}/{len(claimed)}] {outcome.result.status:8s} {outcome.cell.name}  {_metric_text(outcome.result)}  "
-                    f"{outcome.wall_seconds:.1f}s  ETA {_eta(elapsed, len(outcomes), len(claimed))}",
-                    flush=True,
-                )
+                for outcome in executor.run([cell for cell, _ in claimed], on_submit):
+                    tracker.log_outcome(outcome, run_ids.pop(outcome.cell.cell_id))
+                    outcomes.append(outcome)
+                    remaining = [c for c in todo if c.cell_id not in attempted] + [cell for cell, _ in claimed if cell.cell_id in run_ids]
+                    print(
+                        f"[{len(outcomes)}/{total}] {outcome.result.status:8s} {outcome.cell.name}  {_metric_text(outcome.result)}  "
+                        f"{outcome.wall_seconds:.1f}s  ETA {_eta(outcomes, remaining, outcome.concurrency)}",
+                        flush=True,
+                    )
         except KeyboardInterrupt:
             executor.stop()
             tracker.release(list(run_ids.values()))
             tracker.end_parent(failed=True, killed=True)
-            print(f"\ninterrupted: {len(outcomes)} of {len(claimed)} cells finished and are recorded; "
+            print(f"\ninterrupted: {len(outcomes)} of {total or len(todo)} cells finished and are recorded; "
                   f"rerun the same command to run the rest", file=sys.stderr)  # fmt: skip
             return 130
         failed = [o for o in outcomes if o.result.status in FAILURE_STATUSES]

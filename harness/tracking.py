@@ -236,8 +236,9 @@ class Tracker:
             self.parent_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         return self.parent_id
 
-    def claim(self, cells: list, budget: str) -> tuple[list[tuple], int]:
-        """Claim every cell without a result that no live driver holds: [(cell, run_id)], and how many live drivers hold."""
+    def claim(self, cells: list, budget: str, limit: int | None = None) -> tuple[list[tuple], int]:
+        """Claim the cells without a result that no live driver holds, at most `limit` of them:
+        [(cell, run_id)], and how many live drivers hold."""
         with self.lock():
             self._reap(budget)
             statuses = self.cell_statuses(budget)
@@ -248,6 +249,8 @@ class Tracker:
                     continue
                 if status == RUNNING:
                     held += 1
+                    continue
+                if limit is not None and len(claimed) >= limit:
                     continue
                 tags = {"mlflow.runName": cell.name, "cell_id": cell.cell_id, "sweep": self.sweep, "budget": budget,
                         "status": RUNNING, "mlflow.parentRunId": self.parent_id or "", **this_driver()}  # fmt: skip

@@ -4,6 +4,7 @@ drivers at once, and bad input refused in seconds before anything starts."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -284,3 +285,29 @@ def test_ray_trials_stop_within_seconds_of_their_driver(tmp_path, how):
     driver.kill()
     driver.wait()
     assert _gone_within(children, 10), f"Ray trials {children} kept running after their driver was SIGKILLed"
+
+
+def test_a_huge_grid_claims_in_batches_and_stops_on_ctrl_c_within_seconds(tmp_path):
+    """450 cells (with --yes): claimed 200 at a time, so Ctrl-C is answered in seconds and leaves
+    no stale claim, and the projected time is said before anything runs."""
+    sweeps = _sweeps(tmp_path, huge=f"fixed: {{{TINY}, steps: 1000000, eval_interval: 100000}}\ngrid: {{seed: {list(range(450))}}}\n"
+                                  "budgets: {quick: {}}\n")  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(sweeps))
+    driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "huge", "--yes", "--executor", "local", "--no-timing"], cwd=work,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    first = driver.stdout.readline()
+    while first and not first.startswith("sweep huge"):
+        first = driver.stdout.readline()
+    assert "450 to run on local in batches of 200" in first, first
+    time.sleep(2)  # the first cell is training
+    driver.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    rest = driver.communicate(timeout=60)[0]
+    assert driver.returncode == 130, rest[-2000:]
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in rest
+    runs = _runs(work, "huge")
+    assert len(runs) <= 200  # one batch of claims, not 450
+    assert (runs["status"] == "RUNNING").sum() == 0  # every claim released (KILLED): nothing stale for the next run
