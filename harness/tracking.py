@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from harness.config import SweepError
 from harness.executors.base import Outcome
 from harness.figures import attention_png
-from harness.liveness import holder_alive, this_driver
+from harness.liveness import HEARTBEAT_S, holder_alive, this_driver
 from harness.machine import machine
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
@@ -130,6 +130,7 @@ class Tracker:
         self._client = None
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
+        self._beating: threading.Event | None = None  # set to stop the heartbeat of this invocation
 
     @property
     def client(self):
@@ -213,12 +214,13 @@ class Tracker:
         """cell_id -> a result status if any run has one, else `running` (a live driver holds it),
         else the latest failure (error, timeout, killed)."""
         runs = self.cell_runs(budget)
+        beats = self._heartbeats() if not runs.empty else {}
         statuses: dict[str, str] = {}
         for _, row in runs.sort_values("start_time").iterrows() if not runs.empty else ():
             cell, status = row["tags.cell_id"], row.get("tags.status")
             if statuses.get(cell) in RESULT_STATUSES:
                 continue
-            if status == RUNNING and not holder_alive(_tags(row)):
+            if status == RUNNING and not holder_alive(_tags(row), _heartbeat(row, beats)):
                 status = "killed"
             if statuses.get(cell) == RUNNING and status not in RESULT_STATUSES:
                 continue
@@ -226,15 +228,40 @@ class Tracker:
         return statuses
 
     def start_parent(self, budget: str, executor: str, argv: list[str]) -> str:
-        """The invocation's parent run."""
+        """The invocation's parent run, stamped with a heartbeat every HEARTBEAT_S until it ends:
+        drivers on other hosts tell a live claim from a dead driver's by it."""
         tags = {
             "sweep": self.sweep, "budget": budget, "executor": executor, "git_sha": git_sha(), "kind": "invocation",
             "command": " ".join(argv)[:5000], "mlflow.runName": f"{self.sweep}__{budget}__{time.strftime('%Y%m%d-%H%M%S')}",
-            **this_driver(),
+            "heartbeat": f"{time.time():.0f}", **this_driver(),
         }  # fmt: skip
         with self.lock():
             self.parent_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        self._beating = threading.Event()
+        threading.Thread(target=self._beat, args=(self.parent_id, self._beating), name="heartbeat", daemon=True).start()
         return self.parent_id
+
+    def _beat(self, run_id: str, stop: threading.Event, every_s: float = HEARTBEAT_S) -> None:
+        while not stop.wait(every_s):
+            try:
+                with self.lock():
+                    self.client.set_tag(run_id, "heartbeat", f"{time.time():.0f}")
+            except Exception:  # a store that is briefly unreachable: the next beat tries again
+                pass
+
+    def _heartbeats(self) -> dict[str, float | None]:
+        """Running invocations: run id -> last heartbeat (None for a driver that does not beat)."""
+        runs = search_runs(
+            self.uri,
+            experiment_ids=[self.experiment_id],
+            filter_string="tags.kind = 'invocation' and attributes.status = 'RUNNING'",
+            max_results=100000,
+        )
+        beats: dict[str, float | None] = {}
+        for _, row in runs.iterrows() if not runs.empty else ():
+            stamp = row.get("tags.heartbeat")
+            beats[row["run_id"]] = float(stamp) if isinstance(stamp, str) and stamp else None
+        return beats
 
     def claim(self, cells: list, budget: str, limit: int | None = None) -> tuple[list[tuple], int]:
         """Claim the cells without a result that no live driver holds, at most `limit` of them:
@@ -260,8 +287,9 @@ class Tracker:
     def _reap(self, budget: str) -> None:
         """Mark KILLED the runs (cells and invocations) left RUNNING by drivers that died."""
         runs = search_runs(self.uri, experiment_ids=[self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=100000)
+        beats = self._heartbeats() if not runs.empty else {}
         for _, row in runs.iterrows() if not runs.empty else ():
-            if not holder_alive(_tags(row)):
+            if not holder_alive(_tags(row), _heartbeat(row, beats)):
                 if row.get("tags.cell_id"):
                     self.client.set_tag(row["run_id"], "status", "killed")
                     self.client.set_tag(row["run_id"], "error", "its driver died before the cell finished")
@@ -294,6 +322,8 @@ class Tracker:
 
     def end_parent(self, failed: bool, killed: bool = False) -> None:
         """Close the parent run: KILLED when interrupted, FAILED if any cell failed, else FINISHED."""
+        if self._beating is not None:
+            self._beating.set()
         if self.parent_id:
             with self.lock():
                 self.client.set_terminated(self.parent_id, status="KILLED" if killed else ("FAILED" if failed else "FINISHED"))
@@ -402,6 +432,17 @@ def _ctrl_c_deferred():
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
+
+
+def _heartbeat(row, beats: dict[str, float | None]) -> float | None:
+    """The heartbeat that vouches for a run: its own (an invocation), else its invocation's; 0 (long
+    dead) for a claim whose invocation is no longer running; None where nothing beats."""
+    if row.get("run_id") in beats:
+        return beats[row["run_id"]]
+    parent = row.get("tags.mlflow.parentRunId")
+    if not isinstance(parent, str) or not parent:
+        return None
+    return beats.get(parent, 0.0)
 
 
 def _tags(row) -> dict:

@@ -311,3 +311,28 @@ def test_a_huge_grid_claims_in_batches_and_stops_on_ctrl_c_within_seconds(tmp_pa
     runs = _runs(work, "huge")
     assert len(runs) <= 200  # one batch of claims, not 450
     assert (runs["status"] == "RUNNING").sum() == 0  # every claim released (KILLED): nothing stale for the next run
+
+
+def test_claims_of_a_driver_on_another_host_are_rerun_once_its_heartbeat_is_stale(tmp_path):
+    """Another host's pid cannot be checked: its invocation's heartbeat tag says whether it lives."""
+    from harness.cells import expand
+    from harness.config import load_sweep
+    from harness.liveness import HEARTBEAT_EXPIRY_S
+    from harness.tracking import Tracker
+
+    config = load_sweep("copy_lengths", ["budget=smoke", "grid.method=[bptt,sab,tbptt]"])
+    cells = expand(config)
+    tracker = Tracker("copy_lengths", tmp_path / "results")
+    tracker.open()
+    client, now = tracker.client, time.time()
+    for cell, heartbeat in zip(cells, (now - 30, now - 2 * HEARTBEAT_EXPIRY_S, None)):  # fresh, stale, a driver that never beat
+        tags = {"kind": "invocation", "budget": "smoke", "driver_host": "another-host", "driver_pid": "1"}
+        if heartbeat is not None:
+            tags["heartbeat"] = f"{heartbeat:.0f}"
+        parent = client.create_run(tracker.experiment_id, tags=tags).info.run_id
+        client.create_run(tracker.experiment_id, tags={"cell_id": cell.cell_id, "budget": "smoke", "status": "running",
+                                                        "mlflow.parentRunId": parent, "driver_host": "another-host", "driver_pid": "1"})  # fmt: skip
+    statuses = tracker.cell_statuses("smoke")
+    assert [statuses[c.cell_id] for c in cells] == ["running", "killed", "running"]
+    claimed, held = tracker.claim(cells, "smoke")
+    assert [c.cell_id for c, _ in claimed] == [cells[1].cell_id] and held == 2  # only the stale driver's cell is taken over
