@@ -88,3 +88,18 @@ def test_gpu_check_header_names_every_file_it_writes():
     header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
     written = re.findall(r"--out results/cost/(\S+)", text)
     assert written and all(name in header for name in written), written
+
+
+def test_the_launch_counter_sees_compute_ops_and_host_syncs():
+    """What benchmarks.launches counts: a reduction is one launch, .item() one sync, views none."""
+    import torch
+
+    from benchmarks.launches import _Counter, per_time_step
+
+    x = torch.ones(4, 4)
+    counter = _Counter()
+    with counter:
+        x.view(16).sum().item()
+    assert (counter.counts.compute, counter.counts.syncs) == (1, 1)
+    compute, syncs = per_time_step("bptt_cell", (20, 40), hidden_size=4, batch_size=2, k_trunc=2, k_att=2, k_top=1)
+    assert compute > 10 and syncs == 0  # an LSTM cell step loop: launches grow with L, no sync

@@ -1,0 +1,102 @@
+"""Kernel launches and host syncs per time step of every engine, counted on the CPU.
+
+    python -m benchmarks.launches                      # H=32, B=4, k_trunc=k_att=10, k_top=5, L = 100 and 200
+    python -m benchmarks.launches --lengths 120 240 --hidden-size 64 --batch-size 32 --k-att 5 --k-trunc 5 --k-top 3
+
+On a GPU at research batch sizes an eager recurrent loop is bound by kernel launches and by
+host-device syncs, not by arithmetic. A TorchDispatchMode sees every ATen op of one training step
+(forward, backward, optimizer) before any device does, so the counts here are what a GPU would
+launch. Per time step = (count at the longer L - count at the shorter) / (difference of L), which
+removes the per-step constant (loss, optimizer). Views and aliases launch nothing and are not
+counted; syncs are the ops that make the host wait for the device (`.item()`, `bool(tensor)`,
+`nonzero`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+SYNC_OPS = ("_local_scalar_dense", "nonzero", "item", "is_nonzero", "equal", "allclose")
+"""ATen ops whose result the host needs now: on CUDA each one drains the launch queue."""
+FREE_OPS = ("detach", "alias", "lift_fresh", "set_", "resize_", "empty", "empty_like", "empty_strided")
+"""Bookkeeping ops that launch no kernel."""
+
+
+@dataclass
+class Counts:
+    """ATen compute ops and host syncs seen in one training step."""
+
+    compute: int = 0
+    syncs: int = 0
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts = Counts()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in SYNC_OPS:
+            self.counts.syncs += 1
+        elif not func.is_view and name not in FREE_OPS:
+            self.counts.compute += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step(method: str, length: int, hidden_size: int, batch_size: int, k_trunc: int, k_att: int, k_top: int) -> Counts:
+    """The ops of one training step (after one warm-up step) of `method` at sequence length `length`."""
+    from benchmarks.cost_worker import Worker
+
+    config = {"method": method, "seq_len": length, "hidden_size": hidden_size, "batch_size": batch_size, "k_trunc": k_trunc,
+              "k_att": k_att, "k_top": k_top, "threads": 1, "device": "cpu"}  # fmt: skip
+    worker = Worker(config)
+    worker.step()
+    counter = _Counter()
+    with counter:
+        worker.step()
+    return counter.counts
+
+
+def per_time_step(method: str, lengths: tuple[int, int], **sizes) -> tuple[float, float]:
+    """(compute ops, syncs) per time step: the difference of two lengths' counts over their difference."""
+    short, long = (count_step(method, length, **sizes) for length in lengths)
+    span = lengths[1] - lengths[0]
+    return (long.compute - short.compute) / span, (long.syncs - short.syncs) / span
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table of ops and syncs per time step, one row per engine."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.launches", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods", nargs="+", default=["bptt", "bptt_cell", "tbptt", "self_attention", "sab"])
+    parser.add_argument("--lengths", nargs=2, type=int, default=[100, 200], help="two sequence lengths L (default: 100 200)")
+    parser.add_argument("--hidden-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--k-trunc", type=int, default=10)
+    parser.add_argument("--k-att", type=int, default=10)
+    parser.add_argument("--k-top", type=int, default=5)
+    args = parser.parse_args(argv)
+    sizes = {
+        "hidden_size": args.hidden_size,
+        "batch_size": args.batch_size,
+        "k_trunc": args.k_trunc,
+        "k_att": args.k_att,
+        "k_top": args.k_top,
+    }
+    print(f"Per time step, L = {args.lengths[0]} and {args.lengths[1]}, {sizes}")
+    print("| method | ATen compute ops / time step | host syncs / time step |")
+    print("|---|---|---|")
+    for method in args.methods:
+        compute, syncs = per_time_step(method, tuple(args.lengths), **sizes)
+        print(f"| {method} | {compute:.1f} | {syncs:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
