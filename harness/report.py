@@ -17,6 +17,7 @@ import argparse
 import math
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -374,12 +375,20 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_seconds: float | None = None) -> Path:
-    """Build the report of one sweep and budget into out_root/NAME/BUDGET/; returns the report path.
+@dataclass(frozen=True)
+class Report:
+    """Where a report is, and the files this call wrote (none when it kept a fuller one): only
+    those go to MLflow."""
+
+    path: Path
+    files: tuple[Path, ...] = ()
+
+
+def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_seconds: float | None = None) -> Report:
+    """Build the report of one sweep and budget into out_root/NAME/BUDGET/.
 
     A report is never replaced by one of fewer cells (another store, a fresh clone, a second
-    driver that started later): that one is kept, and the call says so. `report_files(path)` lists
-    what this call wrote, so only those go to MLflow.
+    driver that started later): that one is kept, and the call says so.
     """
     out = report_folder(out_root, config)
     cells = load_cells(tracker, config.budget)
@@ -388,13 +397,11 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         print(
             f"kept {out / 'report.md'}: it shows {kept} cells and this store has {len(cells)} for budget {config.budget!r}", file=sys.stderr
         )
-        _WRITTEN[out / "report.md"] = []
-        return out / "report.md"
+        return Report(out / "report.md")
     out.mkdir(parents=True, exist_ok=True)
     if cells.empty:
         (out / "report.md").write_text(f"# {config.name} ({config.budget})\n\nNo runs recorded yet.\n")
-        _WRITTEN[out / "report.md"] = [out / "report.md"]
-        return out / "report.md"
+        return Report(out / "report.md", (out / "report.md",))
     cells.to_csv(out / "cells.csv", index=False)
     tracker.log_summary(headline(cells, config.metric))
     table = main_table(cells, config)
@@ -469,16 +476,8 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     path = out / "report.md"
     path.write_text("\n".join(lines))
     attention_files = re.findall(r"\]\((attention_[^)]+\.png)\)", "\n".join(lines))
-    _WRITTEN[path] = [path, out / "cells.csv", out / "main_table.csv", *made, *(out / name for name in attention_files)]
-    return path
-
-
-_WRITTEN: dict[Path, list[Path]] = {}
-
-
-def report_files(path: Path) -> list[Path]:
-    """The files the last `write_report` that returned `path` wrote (none when it kept an older report)."""
-    return [p for p in _WRITTEN.get(path, []) if p.exists()]
+    written = (path, out / "cells.csv", out / "main_table.csv", *made, *(out / name for name in attention_files))
+    return Report(path, tuple(p for p in written if p.exists()))
 
 
 def report_folder(out_root: Path, config: SweepConfig) -> Path:
@@ -512,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    path = write_report(config, tracker, Path(args.results_dir))
+    path = write_report(config, tracker, Path(args.results_dir)).path
     print(path)
     return 0
 

@@ -244,11 +244,11 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
               f"{running} running elsewhere, 0 to run", flush=True)  # fmt: skip
     wall = time.monotonic() - started
     if not args.no_report:
-        from harness.report import report_files, write_report
+        from harness.report import write_report
 
-        path = write_report(config, tracker, results_dir, wall_seconds=wall if todo else None)
-        tracker.log_report(report_files(path))
-        print(f"report: {path}")
+        report = write_report(config, tracker, results_dir, wall_seconds=wall if todo else None)
+        tracker.log_report(list(report.files))
+        print(f"report: {report.path}")
     if tracker.uri.startswith("sqlite:///") and tracker.experiment_id:
         print(f"browse: mlflow ui --backend-store-uri {tracker.uri}, then {runs_page('http://127.0.0.1:5000', tracker.experiment_id)}")
     return _summary(outcomes, wall)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from harness.config import load_sweep
 from harness.report import main as report_main
-from harness.report import report_files, write_report
+from harness.report import write_report
 from harness.tracking import Tracker
 
 
@@ -28,9 +28,9 @@ def test_reports_are_kept_per_budget(tmp_path):
     smoke = load_sweep("copy_lengths", ["budget=smoke"])
     tracker = Tracker(smoke.name, tmp_path)
     tracker.open()
-    path = write_report(smoke, tracker, tmp_path)
-    assert path == tmp_path / "copy_lengths" / "smoke" / "report.md"
-    assert report_files(path) == [path]  # only what this call wrote goes to MLflow
+    report = write_report(smoke, tracker, tmp_path)
+    assert report.path == tmp_path / "copy_lengths" / "smoke" / "report.md"
+    assert report.files == (report.path,)  # only what this call wrote goes to MLflow
     assert not (tmp_path / "copy_lengths" / "quick").exists()
 
 
@@ -39,5 +39,5 @@ def test_a_kept_report_uploads_nothing(tmp_path):
     smoke = load_sweep("copy_lengths", ["budget=smoke"])
     tracker = Tracker(smoke.name, tmp_path)
     tracker.open()
-    path = write_report(smoke, tracker, tmp_path)
-    assert report_files(path) == [] and path.read_text() == "# the committed report\n"
+    report = write_report(smoke, tracker, tmp_path)
+    assert report.files == () and report.path.read_text() == "# the committed report\n"
