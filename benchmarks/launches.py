@@ -81,7 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k-trunc", type=int, default=10)
     parser.add_argument("--k-att", type=int, default=10)
     parser.add_argument("--k-top", type=int, default=5)
+    parser.add_argument(
+        "--cpu-path",
+        action="store_true",
+        help="count the CPU's own path (its top-k tie check reads back once per step); default: the GPU's",
+    )
     args = parser.parse_args(argv)
+    import sab.sparse_attention
+
+    sab.sparse_attention.TIE_CHECK_ON_CPU = args.cpu_path
     sizes = {
         "hidden_size": args.hidden_size,
         "batch_size": args.batch_size,
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "k_att": args.k_att,
         "k_top": args.k_top,
     }
-    print(f"Per time step, L = {args.lengths[0]} and {args.lengths[1]}, {sizes}")
+    print(f"Per time step, L = {args.lengths[0]} and {args.lengths[1]}, {sizes}, {'CPU' if args.cpu_path else 'GPU'} path")
     print("| method | ATen compute ops / time step | host syncs / time step |")
     print("|---|---|---|")
     for method in args.methods:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sab.measure import NullMeter
-from sab.model import SABLSTM, LSTMModel, lstm_step, segment_columns
+from sab.model import SABLSTM, LSTMModel, lstm_step, scored_span, scored_steps
 from sab.replay import replay
 from sab.sparse_attention import attention_weights
 from sab.tasks.base import Batch, PositionLoss
@@ -81,21 +81,22 @@ def tbptt(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int, m
     """Truncated BPTT: the fused LSTM over k_trunc-step chunks, a backward after each chunk."""
     x, L = batch.inputs, batch.inputs.shape[1]
     state = tuple(s.unsqueeze(0) for s in model.zero_state(x))
-    total, all_logits = 0.0, []
+    total, all_logits = x.new_zeros(()), []
+    scored = scored_steps(batch.positions)  # one read-back per step: the chunks' positions come from it
     for start in range(0, L, k_trunc):
         stop = min(L, start + k_trunc)
-        columns = segment_columns(batch.positions, start, stop)
-        if len(columns) == 0:
+        lo, hi = scored_span(scored, start, stop)
+        if lo == hi:
             with torch.no_grad():
                 _, state = model.lstm(x[:, start:stop], state)
             continue
         out, state = model.lstm(x[:, start:stop], state)
-        loss, logits = _loss(model, out[:, batch.positions[columns] - start], batch, columns, loss_fn)
+        loss, logits = _loss(model, out[:, batch.positions[lo:hi] - start], batch, slice(lo, hi), loss_fn)
         loss.backward()
         state = tuple(s.detach() for s in state)
-        total += loss.item()
+        total = total + loss.detach()
         all_logits.append(logits.detach())
-    return StepResult(total, torch.cat(all_logits, dim=1))
+    return StepResult(total.item(), torch.cat(all_logits, dim=1))
 
 
 def sab_reference(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None, meter=_NULL) -> StepResult:

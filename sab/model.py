@@ -11,6 +11,7 @@ the weights of a `ScaledCell` (one sigmoid per step for all four gates).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import torch
@@ -245,9 +246,19 @@ _GATES_BLOCK = 16
 in cache while its steps add the recurrent product in place."""
 
 
-def segment_columns(positions: Tensor, start: int, stop: int) -> Tensor:
-    """Columns of `positions` that fall in steps [start, stop)."""
-    return torch.nonzero((positions >= start) & (positions < stop)).flatten()
+def scored_steps(positions: Tensor) -> list[int]:
+    """The scored steps on the host (one read-back per training step), strictly ascending as every
+    task gives them: segments find their columns in this list by bisection."""
+    scored = positions.tolist()
+    if any(a >= b for a, b in zip(scored, scored[1:])):
+        raise ValueError(f"scored positions must be strictly ascending, got {scored[:20]}")
+    return scored
+
+
+def scored_span(scored: list[int], start: int, stop: int) -> tuple[int, int]:
+    """The columns [lo, hi) of the ascending scored steps that fall in steps [start, stop): found
+    on the host, so a segment needs no `nonzero` (a device read-back) to know its positions."""
+    return bisect.bisect_left(scored, start), bisect.bisect_left(scored, stop)
 
 
 def _scored_steps(length: int, positions: Tensor | None) -> list[bool]:

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from sab.model import SABLSTM, FirstPass, lstm_step_, segment_columns
+from sab.model import SABLSTM, FirstPass, lstm_step_, scored_span, scored_steps
 from sab.sparse_attention import EPS
 
 
@@ -56,11 +57,6 @@ class _Context:
         self.model = model
         self.grads = _ParameterGrads.zeros_for(model)
         self.dx = torch.zeros_like(inputs) if inputs.requires_grad else None
-
-    def credited(self, start: int, stop: int) -> bool:
-        """Did a later read give credit to a memory written in steps [start, stop)?"""
-        slots = slice(start // self.k_att, stop // self.k_att)
-        return bool(self.grad_memories[:, slots].any() or self.grad_keys[:, slots].any())
 
     def backward(self) -> None:
         """Hand the summed gradients to autograd (hooks, accumulation into `.grad`); the LSTM's come
@@ -117,18 +113,49 @@ def replay(model: SABLSTM, inputs: Tensor, positions: Tensor, dlogits: Tensor, k
     ctx = _Context(model, inputs, run, dlogits)
     buffers = _Buffers(ctx, min(k_trunc, ctx.L))
     meter.hold(ctx.grad_memories, ctx.grad_keys, *buffers.tensors())
+    scored = scored_steps(positions)  # the step's one read-back of positions; every segment's span comes from it
+    live = _segments_with_credit(run, scored, ctx.L, k_trunc, ctx.k_att, ctx.k_top, ctx.n_mem)
     for segment in reversed(range(len(run.starts))):
         start, stop = segment * k_trunc, min(ctx.L, (segment + 1) * k_trunc)
-        columns = segment_columns(positions, start, stop)
-        if len(columns) == 0 and not ctx.credited(start, stop):
+        lo, hi = scored_span(scored, start, stop)
+        if not live[segment]:
             continue  # nothing in this segment can receive credit
         replayed = _Segment(ctx, buffers, start, stop)
         replayed.forward(*run.starts[segment])
         replayed.derive()
-        replayed.backward(replayed.readout(positions[columns].tolist(), columns))
+        replayed.backward(replayed.readout(scored[lo:hi], positions[lo:hi], slice(lo, hi)))
         replayed.parameter_gradients()
     meter.release(ctx.grad_memories, ctx.grad_keys, *buffers.tensors())
     ctx.backward()
+
+
+def _segments_with_credit(run: FirstPass, scored: list[int], L: int, k_trunc: int, k_att: int, k_top: int, n_mem: int) -> list[bool]:
+    """Which segments the backward sweep must replay, decided on the host from pass 1's picks (one
+    read-back per training step, not one per segment): a segment is live when it holds a scored
+    step or writes a memory that a read in a later live segment gave credit to. In a live
+    segment, the reads from its first step to its last source of gradient (a scored step or a
+    credited memory's write) give credit: to the memories they picked (the threshold included),
+    or to every memory while |M| <= k_top. The same segments the device's gradients would mark."""
+    picks = (run.picks.long() % max(n_mem, 1)).cpu().numpy() if run.picks is not None and n_mem else None
+    credited = np.zeros(max(n_mem, 1), dtype=bool)
+    segments = (L + k_trunc - 1) // k_trunc
+    live = [False] * segments
+    scored_set = set(scored)
+    for segment in reversed(range(segments)):
+        start, stop = segment * k_trunc, min(L, (segment + 1) * k_trunc)
+        sources = [t for t in range(start, stop) if t in scored_set or ((t + 1) % k_att == 0 and credited[(t + 1) // k_att - 1])]
+        if not sources:
+            continue
+        live[segment] = True
+        for t in range(start, max(sources) + 1):
+            n = t // k_att  # memories when step t reads
+            if n == 0:
+                continue
+            if n <= k_top or picks is None:
+                credited[:n] = True
+            else:
+                credited[picks[t].ravel()] = True
+    return live
 
 
 class _Buffers:
@@ -258,12 +285,13 @@ class _Segment:
         n, B, m = k - lo, self.ctx.B, self.ctx.m
         torch.bmm(jacobian.view(n * B, m, m), zw.view(n * B, m, -1), out=b.query_factor[lo:k].view(n * B, m, -1))
 
-    def readout(self, scored: list[int], columns: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
-        """The readout's gradients from pass 1's dlogits; returns d[h_t ; s_t] of each scored step."""
+    def readout(self, scored: list[int], positions: Tensor, columns: slice) -> dict[int, tuple[Tensor, Tensor]]:
+        """The readout's gradients from pass 1's dlogits; returns d[h_t ; s_t] of each scored step
+        (`scored` on the host, the same steps as `positions` on the device, `columns` of dlogits)."""
         if not scored:
             return {}
         ctx, H = self.ctx, self.ctx.H
-        steps = torch.tensor([t - self.start for t in scored], device=columns.device)
+        steps = positions - self.start
         dlogits = ctx.dlogits[:, columns].transpose(0, 1).reshape(-1, ctx.dlogits.shape[2])  # (n B, O)
         states = self.b.hs.index_select(0, steps + 1).view(-1, H)
         summaries = self.b.summaries.index_select(0, steps).view(-1, H)

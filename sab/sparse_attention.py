@@ -80,6 +80,11 @@ def select_top(scores: Tensor, k_top: int) -> Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : k_top + 1]
 
 
+TIE_CHECK_ON_CPU = True
+"""On the CPU, take topk and read back whether a tie crosses the cut (cheaper than a sort there);
+False runs the GPU's path (the stable sort, no read-back) on the CPU too, e.g. to count syncs."""
+
+
 def top_scores(scores: Tensor, k_top: int) -> tuple[Tensor, Tensor]:
     """The k_top+1 largest scores (B, k_top+1) and their indices, as `select_top` picks them.
 
@@ -88,7 +93,7 @@ def top_scores(scores: Tensor, k_top: int) -> tuple[Tensor, Tensor]:
     score equals δ, the stable sort decides instead.
     """
     want, n = k_top + 1, scores.shape[1]
-    if scores.device.type == "cpu":  # the check reads a value back: on a GPU, a sync every step costs more than the sort
+    if scores.device.type == "cpu" and TIE_CHECK_ON_CPU:  # a read-back: on a GPU, a sync every step costs more than the sort
         values, indices = torch.topk(scores, min(want + 1, n), dim=1)  # one more: a tie across the cut shows
         edge = values[:, want - 2 :]  # the last kept, δ, and the first left out
         if not bool((edge[:, 1:] == edge[:, :-1]).any()):  # no score ties the threshold δ
