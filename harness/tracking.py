@@ -360,6 +360,7 @@ class Tracker:
             for start in range(0, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.client.log_inputs(run_id, datasets=[_dataset_input(cell.spec)])
             if result.attention:
                 with tempfile.TemporaryDirectory() as folder:
                     self.client.log_artifact(run_id, str(attention_png(outcome.cell.name, result, Path(folder))))
@@ -432,6 +433,15 @@ def _ctrl_c_deferred():
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
+
+
+def _dataset_input(spec):
+    """The cell's data as an MLflow dataset input (context: train)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from harness.datasets import dataset_of
+
+    return DatasetInput(Dataset(**dataset_of(spec)), tags=[InputTag("mlflow.data.context", "train")])
 
 
 def _heartbeat(row, beats: dict[str, float | None]) -> float | None:

@@ -44,6 +44,8 @@ def test_smoke_sweep_exits_0_and_logs_a_child_run_per_cell(smoke):
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(runs["run_id"].iloc[0], "val_accuracy")  # the curve, by training step, then the final
     assert sorted({m.step for m in history}) == [10, 20] and len(history) == 3
+    (data,) = client.get_run(runs["run_id"].iloc[0]).inputs.dataset_inputs  # the Dataset column of the UI
+    assert data.dataset.name == "copy@T=5" and data.dataset.source_type == "generated" and len(data.dataset.digest) == 16
     latest = max(history, key=lambda m: (m.step, m.timestamp))
     assert runs["metrics.val_accuracy"].iloc[0] == latest.value
     assert runs["tags.mlflow.source.git.commit"].str.fullmatch("[0-9a-f]{40}").all()
