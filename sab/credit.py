@@ -31,9 +31,11 @@ from sab.transformer import CausalTransformer
 
 @dataclass
 class StepResult:
-    """Mean loss over the scored positions and the logits there (detached)."""
+    """Mean loss over the scored positions and the logits there (detached). The loss stays on the
+    device (a 0-dim tensor): reading it is a host-device sync, so the trainer reads it only when
+    it evaluates."""
 
-    loss: float
+    loss: Tensor
     logits: Tensor
 
 
@@ -50,7 +52,7 @@ def bptt(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int | N
     out, _ = model.lstm(batch.inputs)
     loss, logits = _loss(model, out[:, batch.positions], batch, slice(None), loss_fn)
     loss.backward()
-    return StepResult(loss.item(), logits.detach())
+    return StepResult(loss.detach(), logits.detach())
 
 
 def bptt_cell(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None = None, meter=_NULL) -> StepResult:
@@ -74,7 +76,7 @@ def _cell_loop(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: i
             h, c = h.detach(), c.detach()
     loss, logits = _loss(model, torch.stack(outs, dim=1), batch, slice(None), loss_fn)
     loss.backward()
-    return StepResult(loss.item(), logits.detach())
+    return StepResult(loss.detach(), logits.detach())
 
 
 def tbptt(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter=_NULL) -> StepResult:
@@ -96,14 +98,14 @@ def tbptt(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int, m
         state = tuple(s.detach() for s in state)
         total = total + loss.detach()
         all_logits.append(logits.detach())
-    return StepResult(total.item(), torch.cat(all_logits, dim=1))
+    return StepResult(total, torch.cat(all_logits, dim=1))
 
 
 def sab_reference(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None, meter=_NULL) -> StepResult:
     """SAB by plain autograd over one graph (docs/design.md steps 1-7, dense scoring over all memories)."""
     loss, logits = reference_loss(model, batch, loss_fn, k_trunc)
     loss.backward()
-    return StepResult(loss.item(), logits.detach())
+    return StepResult(loss.detach(), logits.detach())
 
 
 def reference_loss(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None) -> tuple[Tensor, Tensor]:
@@ -166,7 +168,7 @@ def sab(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter
         loss += chunk.detach()
     replay(model, batch.inputs, batch.positions, dlogits, k_trunc, run, meter)
     meter.release(*held)
-    return StepResult(loss.item(), run.logits)
+    return StepResult(loss.detach(), run.logits)
 
 
 _LOSS_CHUNK = 64
@@ -178,4 +180,4 @@ def transformer(model: CausalTransformer, batch: Batch, loss_fn: PositionLoss, k
     logits = model(batch.inputs, batch.positions)
     loss = loss_fn(logits, batch.targets).sum() / batch.count
     loss.backward()
-    return StepResult(loss.item(), logits.detach())
+    return StepResult(loss.detach(), logits.detach())

@@ -178,15 +178,34 @@ class StepTimer:
         self.timed_seconds = 0.0
         self.steps = 0
         self.timed_steps = 0
+        self._pending: list = []  # CUDA (start, end) events not read yet
 
     @contextmanager
     def step(self):
-        """Time one training step (synchronised on CUDA)."""
-        synchronize(self.device)
-        start = time.perf_counter()
+        """Time one training step: on the CPU by the clock; on CUDA by a pair of events recorded in
+        the stream, read at the next `settle` (no host-device sync per step)."""
+        if torch.device(self.device).type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._pending.append((start, end))
+            return
+        begin = time.perf_counter()
         yield
-        synchronize(self.device)
-        elapsed = time.perf_counter() - start
+        self._add(time.perf_counter() - begin)
+
+    def settle(self) -> None:
+        """Fold the CUDA steps timed since the last call into the totals (one sync); call before
+        reading them (at evaluations, checkpoints and the end)."""
+        if not self._pending:
+            return
+        self._pending[-1][1].synchronize()
+        for start, end in self._pending:
+            self._add(start.elapsed_time(end) / 1000)
+        self._pending.clear()
+
+    def _add(self, elapsed: float) -> None:
         self.total_seconds += elapsed
         self.steps += 1
         if self.steps > self.warmup:
@@ -196,6 +215,7 @@ class StepTimer:
     @property
     def seconds_per_step(self) -> float:
         """Mean seconds of the steps after warm-up (all steps if there were no others)."""
+        self.settle()
         if self.timed_steps:
             return self.timed_seconds / self.timed_steps
         return self.total_seconds / max(self.steps, 1)

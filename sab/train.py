@@ -298,18 +298,25 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     checkpointer.listen()
     try:
         with cuda_peak(device) as cuda:
+            worst = None  # the largest training loss since the start, kept on the device
             for step in range(first_step, spec.steps + 1):
                 out = _train_step(spec, step, task, model, engine, optimizer, generator, timer, result, device, dtype)
                 result.steps_done = step
-                if step == first_step:
-                    first_loss = out.loss if math.isfinite(out.loss) else math.inf
-                if not math.isfinite(out.loss) or out.loss > DIVERGENCE_FACTOR * max(first_loss, DIVERGENCE_FLOOR):
-                    result.status = "diverged"
-                    result.error = f"training loss became {out.loss:.4g} at step {step} (it started at {first_loss:.4g})"
-                    break
+                worst = out.loss if worst is None else torch.maximum(worst, out.loss)  # NaN propagates
                 over_time = spec.time_limit_s is not None and time.monotonic() - started > spec.time_limit_s
-                if step % spec.eval_interval == 0 or step == spec.steps or over_time:
-                    point = {"step": step, "train_loss": out.loss, "elapsed_s": time.monotonic() - started}
+                evaluating = step % spec.eval_interval == 0 or step == spec.steps or over_time
+                if step == first_step:
+                    first_loss = float(out.loss)
+                    first_loss = first_loss if math.isfinite(first_loss) else math.inf
+                if evaluating or step == first_step:  # the loss is read back here only, not every step
+                    highest = float(worst)
+                    if not math.isfinite(highest) or highest > DIVERGENCE_FACTOR * max(first_loss, DIVERGENCE_FLOOR):
+                        result.status = "diverged"
+                        result.error = f"training loss reached {highest:.4g} by step {step} (it started at {first_loss:.4g})"
+                        break
+                if evaluating:
+                    timer.settle()
+                    point = {"step": step, "train_loss": float(out.loss), "elapsed_s": time.monotonic() - started}
                     point.update({f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()})
                     result.curve.append(point)
                     report(point)
@@ -321,6 +328,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     result.error = f"time limit of {spec.time_limit_s} s reached after {step} of {spec.steps} steps"
                     break
                 if checkpointer.due(step) and step < spec.steps:
+                    timer.settle()
                     partial = {k: getattr(result, k) for k in _RESUMED_FIELDS}
                     timing = (timer.total_seconds, timer.timed_seconds, timer.steps, timer.timed_steps)
                     checkpointer.save(
@@ -328,6 +336,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     )
     finally:
         checkpointer.restore_handlers()
+    timer.settle()
     result.stop_reason = result.stop_reason or ("steps" if result.status == "ok" else result.status)
     result.peak_rss_bytes = max(result.peak_rss_bytes, rss_peak_bytes() - rss_before)
     result.cuda_max_allocated_bytes = cuda.get("cuda_max_allocated_bytes", 0)

@@ -26,7 +26,7 @@ def _frozen_lstm_engine(model, batch, loss_fn, k_trunc, meter=None) -> StepResul
     logits = model.readout(out[:, batch.positions])
     loss = loss_fn(logits, batch.targets).sum() / batch.count
     loss.backward()
-    return StepResult(loss.item(), logits.detach())
+    return StepResult(loss.detach(), logits.detach())
 
 
 @pytest.fixture
