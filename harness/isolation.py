@@ -112,7 +112,7 @@ def run_isolated(
     try:
         process.stdin.write(json.dumps(request).encode())
         process.stdin.close()
-        for message in _messages(read_end, process, started, limit):
+        for message in _messages(read_end, started, limit):
             if "report" in message and on_report is not None:
                 on_report(message["report"])
             elif "result" in message:
@@ -132,7 +132,7 @@ def run_isolated(
     return _lost(process.returncode, killed_for_time, limit, spec)
 
 
-def _messages(fd: int, process: subprocess.Popen, started: float, limit: float | None):
+def _messages(fd: int, started: float, limit: float | None):
     """The child's JSON lines as they come; ends when the pipe closes or the hard limit passes."""
     buffer = b""
     while limit is None or time.monotonic() - started <= limit:

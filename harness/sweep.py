@@ -239,9 +239,8 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
                 return 130
         tracker.end_parent(failed=bool(failed))
     else:
-        running = sum(1 for c in cells if statuses.get(c.cell_id) == RUNNING)
-        print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - running} done, "
-              f"{running} running elsewhere, 0 to run", flush=True)  # fmt: skip
+        print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - running_before} done, "
+              f"{running_before} running elsewhere, 0 to run", flush=True)  # fmt: skip
     wall = time.monotonic() - started
     if not args.no_report:
         from harness.report import write_report

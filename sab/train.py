@@ -514,14 +514,9 @@ def attention_note(spec: TrialSpec, length: int) -> str:
     return ""
 
 
-def _spec_from_args(args: dict) -> TrialSpec:
-    """A TrialSpec from parsed flags (lists back to tuples, as the frozen spec holds them)."""
-    return TrialSpec.from_dict(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: one trial, a progress line per evaluation, the result as JSON; exit 1 on a failure status."""
-    spec = _spec_from_args(vars(_parser().parse_args(argv)))
+    spec = TrialSpec.from_dict(vars(_parser().parse_args(argv)))  # lists back to tuples
     try:
         spec.validate()
         resolve_device(spec.device)
