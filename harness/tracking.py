@@ -23,7 +23,6 @@ from urllib.parse import urlparse
 
 from harness.config import SweepError
 from harness.executors.base import Outcome
-from harness.figures import attention_png
 from harness.liveness import HEARTBEAT_S, holder_alive, this_driver
 from harness.machine import machine
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
@@ -210,11 +209,13 @@ class Tracker:
             filters.append(f"tags.budget = '{budget}'")
         return search_runs(self.uri, experiment_ids=[self.experiment_id], filter_string=" and ".join(filters), max_results=100000)
 
-    def cell_statuses(self, budget: str) -> dict[str, str]:
+    def cell_statuses(self, budget: str, beats: dict[str, float | None] | None = None) -> dict[str, str]:
         """cell_id -> a result status if any run has one, else `running` (a live driver holds it),
-        else the latest failure (error, timeout, killed)."""
+        else the latest failure (error, timeout, killed). `beats`: the invocations' heartbeats, when
+        the caller has just read them."""
         runs = self.cell_runs(budget)
-        beats = self._heartbeats() if not runs.empty else {}
+        if beats is None:
+            beats = self._heartbeats() if not runs.empty else {}
         statuses: dict[str, str] = {}
         for _, row in runs.sort_values("start_time").iterrows() if not runs.empty else ():
             cell, status = row["tags.cell_id"], row.get("tags.status")
@@ -267,8 +268,9 @@ class Tracker:
         """Claim the cells without a result that no live driver holds, at most `limit` of them:
         [(cell, run_id)], and how many live drivers hold."""
         with self.lock():
-            self._reap(budget)
-            statuses = self.cell_statuses(budget)
+            beats = self._heartbeats()  # read once: the reaping and the statuses judge by the same beats
+            self._reap(beats)
+            statuses = self.cell_statuses(budget, beats)
             claimed, held = [], 0
             for cell in cells:
                 status = statuses.get(cell.cell_id)
@@ -284,10 +286,9 @@ class Tracker:
                 claimed.append((cell, self.client.create_run(self.experiment_id, tags=tags).info.run_id))
         return claimed, held
 
-    def _reap(self, budget: str) -> None:
-        """Mark KILLED the runs (cells and invocations) left RUNNING by drivers that died."""
+    def _reap(self, beats: dict[str, float | None]) -> None:
+        """Mark KILLED the runs (cells and invocations) left RUNNING by drivers that died (judged by `beats`)."""
         runs = search_runs(self.uri, experiment_ids=[self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=100000)
-        beats = self._heartbeats() if not runs.empty else {}
         for _, row in runs.iterrows() if not runs.empty else ():
             if not holder_alive(_tags(row), _heartbeat(row, beats)):
                 if row.get("tags.cell_id"):
@@ -362,6 +363,8 @@ class Tracker:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.log_inputs(run_id, datasets=[_dataset_input(cell.spec)])
             if result.attention:
+                from harness.figures import attention_png  # matplotlib and scipy: only a run with attention pays their import
+
                 with tempfile.TemporaryDirectory() as folder:
                     self.client.log_artifact(run_id, str(attention_png(outcome.cell.name, result, Path(folder))))
             self.client.set_terminated(run_id, status="FAILED" if result.status in FAILURE_STATUSES else "FINISHED")

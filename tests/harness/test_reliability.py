@@ -48,7 +48,7 @@ def test_faults_become_statuses_and_never_stop_the_sweep(tmp_path):
     sweeps = _sweeps(tmp_path, faults=FAULTS)
     work = tmp_path / "work"
     work.mkdir()
-    out = cli(["harness.sweep", "faults"], work, env={"SAB_SWEEPS_DIR": str(sweeps)})
+    out = cli(["harness.sweep", "faults", "--no-timing"], work, env={"SAB_SWEEPS_DIR": str(sweeps)})
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     runs = _runs(work, "faults")
     status = dict(zip(runs["params.inject_fault"].fillna(""), runs["tags.status"]))
@@ -93,7 +93,7 @@ def test_sigkilled_driver_then_rerun_keeps_each_cell_exactly_once(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(sweeps))
-    driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "slow", "--executor", "local"], cwd=work, env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "slow", "--executor", "local", "--no-timing"], cwd=work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     for line in driver.stdout:  # kill it right after the first cell is recorded
         if line.startswith("[1/4]"):
@@ -104,7 +104,7 @@ def test_sigkilled_driver_then_rerun_keeps_each_cell_exactly_once(tmp_path):
     assert (before["tags.status"] == "ok").sum() == 1
     assert (before["status"] == "RUNNING").sum() == 3  # claims of the dead driver
 
-    again = cli(["harness.sweep", "slow", "--executor", "local"], work, env={"SAB_SWEEPS_DIR": str(sweeps)})
+    again = cli(["harness.sweep", "slow", "--executor", "local", "--no-timing"], work, env={"SAB_SWEEPS_DIR": str(sweeps)})
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "1 done, 0 running elsewhere, 3 to run" in again.stdout
     per_cell = _per_cell(work, "slow")
@@ -120,7 +120,7 @@ def test_two_concurrent_invocations_run_each_cell_once(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(sweeps))
-    command = [sys.executable, "-m", "harness.sweep", "slow", "--executor", "local"]
+    command = [sys.executable, "-m", "harness.sweep", "slow", "--executor", "local", "--no-timing", "--no-report"]
     both = [subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in both]
     assert [p.returncode for p in both] == [0, 0], outputs

@@ -127,7 +127,7 @@ def test_gpu_request_without_gpus_fails_before_submitting(slurm, fresh_dir):
 
 LONG = """
 fixed: {task: copy, seq_len: 5, hidden_size: 8, batch_size: 4, eval_batches: 1, method: sab, k_trunc: 3, k_att: 2, k_top: 2,
-        steps: 1500, eval_interval: 500, checkpoint_every: 50}
+        steps: 600, eval_interval: 200, checkpoint_every: 50}
 grid: {seed: [0]}
 budgets: {quick: {}}
 """
@@ -153,8 +153,8 @@ def _reference_metrics() -> dict:
         k_trunc=3,
         k_att=2,
         k_top=2,
-        steps=1500,
-        eval_interval=500,
+        steps=600,
+        eval_interval=200,
     )
     return run_trial(spec).metrics
 
