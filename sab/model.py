@@ -180,6 +180,7 @@ class SABLSTM(_Recurrent):
         flat_bank = bank.view(-1, H)
         buffer = x.new_empty(B * n_mem * A)  # scoring works in place here, step after step
         row_of_batch = torch.arange(B, device=x.device).unsqueeze(1) * n_mem
+        bag_offsets = torch.arange(0, B * (k_top or 0) + B, (k_top or 0) + 1, device=x.device)  # the 2-D form builds these every step
         picks = torch.zeros(L, B, k_top + 1, dtype=torch.int32, device=x.device) if keep_picks and k_top is not None else None
         pick_rows = picks.unbind(0) if picks is not None else None
         attention = x.new_zeros(B, L, n_mem) if record_attention else None
@@ -218,7 +219,7 @@ class SABLSTM(_Recurrent):
                 if pick_rows is not None:
                     pick_rows[t].copy_(flat)
                 weights = sparse_weights(values)
-                summary = F.embedding_bag(flat, flat_bank, per_sample_weights=weights, mode="sum")
+                summary = F.embedding_bag(flat.view(-1), flat_bank, bag_offsets, per_sample_weights=weights.view(-1), mode="sum")
                 if attention is not None:
                     attention[:, t].scatter_(1, top, weights)
             h = provisional + summary

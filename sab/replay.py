@@ -306,13 +306,13 @@ class _Segment:
     def backward(self, readout: dict[int, tuple[Tensor, Tensor]]) -> None:
         """The chain from the segment's last step to its first; G gets the reads' credit."""
         ctx, b, H = self.ctx, self.b, self.ctx.H
-        dh, dc = ctx.inputs.new_zeros(ctx.B, H), ctx.inputs.new_zeros(ctx.B, H)  # nothing crosses the segment's end
+        last = readout.get(self.stop - 1)  # nothing crosses the segment's end: dh starts as the last step's readout
+        dh = last[0] if last is not None else ctx.inputs.new_zeros(ctx.B, H)
+        dc = ctx.inputs.new_zeros(ctx.B, H)
         pending = self.k  # attention steps from here on have not given G their credit yet
         for j in reversed(range(self.k)):
             t = self.start + j
-            dreadout = readout.get(t)
-            if dreadout is not None:
-                dh = dh + dreadout[0]
+            dreadout = readout.get(t)  # its d h_t is already in dh (added by the product that made dh)
             if (t + 1) % ctx.k_att == 0:  # h_t is memory `slot`: the credit of every later read of it and its key
                 if pending > j + 1:
                     self._flush(j + 1, pending)
@@ -333,8 +333,13 @@ class _Segment:
             dc = torch.addcmul(dc, dprovisional, b.s_cell_factor[j])
             torch.mul(dc.unsqueeze(1), b.s_factors_ifg[j], out=b.s_dgates_ifg[j])
             torch.mul(dprovisional, b.s_factors_o[j], out=b.s_dgates_o[j])
+            if j == 0:
+                break  # dh_{start-1} would cross the segment's start: nothing takes it
             dc = dc * b.s_f[j]
-            dh = torch.mm(b.s_dgates_flat[j], ctx.cell.w_hh)
+            before = readout.get(t - 1)  # that step's readout credit rides on the product: one op fewer
+            dh = (
+                torch.mm(b.s_dgates_flat[j], ctx.cell.w_hh) if before is None else torch.addmm(before[0], b.s_dgates_flat[j], ctx.cell.w_hh)
+            )
         self._flush(self.first, pending)
 
     def _flush(self, lo: int, hi: int) -> None:
