@@ -22,6 +22,18 @@ from tests.conftest import ROOT, cli
 TINY = "task: copy, seq_len: 5, hidden_size: 8, batch_size: 4, eval_batches: 1, method: sab, k_trunc: 3, k_att: 2, k_top: 2"
 
 
+def _output_or_stacks(driver: subprocess.Popen, timeout: float) -> str:
+    """The driver's output once it exits; if it has not exited within `timeout`, fail with every
+    thread's stack (the driver dumps them on SIGUSR1) so a rare hang says where it hung."""
+    try:
+        return driver.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        driver.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        driver.kill()
+        pytest.fail(f"the driver did not exit within {timeout:.0f} s; its output and stacks:\n{driver.communicate()[0][-6000:]}")
+
+
 def _sweeps(tmp_path: Path, **files: str) -> Path:
     folder = tmp_path / "sweeps"
     folder.mkdir(exist_ok=True)
@@ -304,7 +316,7 @@ def test_a_huge_grid_claims_in_batches_and_stops_on_ctrl_c_within_seconds(tmp_pa
     time.sleep(2)  # the first cell is training
     driver.send_signal(signal.SIGINT)
     started = time.monotonic()
-    rest = driver.communicate(timeout=60)[0]
+    rest = _output_or_stacks(driver, timeout=60)
     assert driver.returncode == 130, rest[-2000:]
     assert time.monotonic() - started < 10
     assert "Traceback" not in rest
