@@ -108,7 +108,8 @@ def expand(config: SweepConfig) -> list[Cell]:
     """Every cell of the sweep, in a deterministic order, de-duplicated by cell id.
 
     The main grid's product, then each union entry's product (the entry overriding the main
-    grid's axes), minus cells matching an exclude rule. Cells that differ only in a parameter
+    grid's axes), minus cells matching an exclude rule. A cell's values: `fixed`, then its
+    method's `per_method` values, then the grid point. Cells that differ only in a parameter
     their method ignores (k_top of a bptt cell) collapse into one.
     """
     grids = [config.grid] + [{**config.grid, **entry} for entry in config.union]
@@ -117,7 +118,9 @@ def expand(config: SweepConfig) -> list[Cell]:
     for grid in grids:
         names = list(grid)
         for values in product(*(grid[n] for n in names)):
-            params = {**config.fixed, **dict(zip(names, values))}
+            point = dict(zip(names, values))
+            method = point.get("method", config.fixed.get("method"))
+            params = {**config.fixed, **config.per_method.get(method, {}), **point}
             if any(_matches(params, rule) for rule in config.exclude):
                 continue
             if isinstance(params.get("transfer_lengths"), list):

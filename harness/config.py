@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from sab.methods import METHOD_NAMES
 from sab.train import TrialSpec
 
 DEFAULT_BUDGET = "quick"
@@ -36,6 +37,7 @@ TOP_LEVEL_KEYS = (
     "metric",
     "notes",
     "lr_source",
+    "per_method",
 )
 LOWER_IS_BETTER = ("bpc", "loss", "mse")
 SPEC_FIELDS = tuple(f.name for f in fields(TrialSpec))
@@ -94,6 +96,7 @@ class SweepConfig:
     metric: str = "accuracy"  # the report's main metric (bpc, loss and mse: lower is better)
     notes: str = ""  # shown verbatim in the report
     lr_source: dict[str, str] = field(default_factory=dict)  # method -> where its lr came from (the report shows it)
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> fixed values of that method's cells
     budgets: tuple[str, ...] = ()
     path: str = ""
 
@@ -206,7 +209,7 @@ def load_sweep(name: str, overrides: list[str] | None = None, directory: Path | 
 
 SECTION_SHAPES = {
     "name": (str,), "description": (str,), "budget": (str,), "metric": (str,), "notes": (str,),
-    "fixed": (dict,), "grid": (dict,), "budgets": (dict,), "resources": (dict,), "slurm": (dict,), "lr_source": (dict,),
+    "fixed": (dict,), "grid": (dict,), "budgets": (dict,), "resources": (dict,), "slurm": (dict,), "lr_source": (dict,), "per_method": (dict,),
     "union": (list,), "exclude": (list,), "paper": (list,),
 }  # fmt: skip
 """What each top-level section of a sweep file must be (None, an empty section, is allowed)."""
@@ -232,10 +235,12 @@ def _apply_budget(data: dict, user_keys: set[str], path: Path) -> dict:
         raise SweepError(f"unknown budget {budget!r} for sweep {path.stem!r}; valid: {', '.join(budgets) or '(none defined)'}")
     fixed = dict(data.get("fixed") or {})
     grid = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (data.get("grid") or {}).items()}
-    union, exclude, lr_source = data.get("union"), data.get("exclude"), data.get("lr_source")
+    union, exclude, lr_source, per_method = data.get("union"), data.get("exclude"), data.get("lr_source"), data.get("per_method")
     for key, value in (budgets[budget] or {}).items():
         if key == "lr_source":
             lr_source = value
+        elif key == "per_method":
+            per_method = value
         elif key == "resources":  # a budget's resources lay over the file's, key by key
             if not isinstance(value, dict):
                 raise SweepError(f"{path}: budgets.{budget}.resources must be a mapping, got {value!r}")
@@ -257,7 +262,10 @@ def _apply_budget(data: dict, user_keys: set[str], path: Path) -> dict:
                 fixed[key] = value
     for axis in grid:
         fixed.pop(axis, None)  # a grid axis overrides a fixed value of the same name
-    return dict(data, budget=budget, fixed=fixed, grid=grid, union=union, exclude=exclude, lr_source=lr_source)
+    if isinstance(per_method, dict):  # a value the user set on the command line is every method's
+        per_method = {m: {k: v for k, v in (values or {}).items() if f"fixed.{k}" not in user_keys} if isinstance(values, dict) else values
+                      for m, values in per_method.items()}  # fmt: skip
+    return dict(data, budget=budget, fixed=fixed, grid=grid, union=union, exclude=exclude, lr_source=lr_source, per_method=per_method)
 
 
 def _validate(name: str, path: Path, data: dict) -> SweepConfig:
@@ -280,6 +288,7 @@ def _validate(name: str, path: Path, data: dict) -> SweepConfig:
     lr_source = data.get("lr_source") or {}
     if not isinstance(lr_source, dict) or not all(isinstance(v, str) for v in lr_source.values()):
         raise SweepError(f"{path}: lr_source must map a method to a sentence saying where its lr came from, got {lr_source!r}")
+    per_method = _per_method(data.get("per_method") or {}, path)
     slurm = dict(data.get("slurm") or {})
     bad_slurm = [k for k in slurm if k not in SLURM_KEYS]
     if bad_slurm:
@@ -300,7 +309,22 @@ def _validate(name: str, path: Path, data: dict) -> SweepConfig:
         metric=str(data.get("metric") or "accuracy"),
         notes=str(data.get("notes") or "").strip(),
         lr_source={str(k): v for k, v in lr_source.items()},
+        per_method=per_method,
     )
+
+
+def _per_method(raw: dict, path: Path) -> dict[str, dict[str, Any]]:
+    """`per_method: {METHOD: {param: value}}`: fixed values of one method's cells (its lr chosen on
+    validation, say), over `fixed` and under the grid's axes; one line for a bad method or key."""
+    for method, values in raw.items():
+        if method not in METHOD_NAMES:
+            raise SweepError(f"{path}: per_method names unknown method {method!r}; valid: {', '.join(METHOD_NAMES)}")
+        if not isinstance(values, dict):
+            raise SweepError(f"{path}: per_method.{method} must be a mapping of parameter: value, got {values!r}")
+        bad = [k for k in values if k not in SPEC_FIELDS or k == "method"]
+        if bad:
+            raise SweepError(f"{path}: per_method.{method} key {bad[0]!r} is not a parameter; valid: {', '.join(SPEC_FIELDS)}")
+    return {str(m): dict(v) for m, v in raw.items()}
 
 
 def _as_grid(entry: Any, path: Path, where: str) -> dict[str, list]:

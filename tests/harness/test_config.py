@@ -88,9 +88,33 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
         ("grid: {method: [sab]}\nbudgets: {quick: {}}\nresources: {cpus_per_trial: 0}\n", "cpus_per_trial must be an integer >= 1"),
         ("grid: {method: [sab]}\nbudgets: {quick: {}}\nslurm: {script: evil}\n", "slurm key 'script' is not allowed"),
         ("grdi: {method: [sab]}\nbudgets: {quick: {}}\n", "unknown top-level key 'grdi'"),
+        (
+            "grid: {method: [sab]}\nbudgets: {quick: {}}\nper_method: {sap: {lr: 0.1}}\n",
+            "per_method names unknown method 'sap'; valid: bptt",
+        ),
+        ("grid: {method: [sab]}\nbudgets: {quick: {}}\nper_method: {sab: {rate: 0.1}}\n", "per_method.sab key 'rate' is not a parameter"),
+        ("grid: {method: [sab]}\nbudgets: {quick: {}}\nper_method: {sab: 0.1}\n", "per_method.sab must be a mapping"),
     ],
 )
 def test_bad_sweep_files_fail_with_one_line(tmp_path, text, message):
     folder = _sweep_dir(tmp_path, text)
     with pytest.raises(SweepError, match=message.replace("(", r"\(").replace("[", r"\[").replace("$", r"\$").replace("{", r"\{")):
         expand(load_sweep("mine", [], folder))
+
+
+def test_per_method_values_lie_over_fixed_under_the_grid_and_yield_to_the_user(tmp_path):
+    """Each method at its own lr (chosen on validation) while one method axis still selects methods."""
+    folder = _sweep_dir(
+        tmp_path,
+        "fixed: {task: copy, seq_len: 5, lr: 0.003}\ngrid: {method: [bptt, tbptt, sab], seed: [0, 1]}\n"
+        "per_method: {sab: {lr: 0.006}, bptt: {lr: 0.006}}\nbudgets: {quick: {}, other: {per_method: {sab: {lr: 0.01}}}}\n",
+    )
+    lrs = {(c.spec.method, c.spec.seed): c.spec.lr for c in expand(load_sweep("mine", [], folder))}
+    assert lrs == {("bptt", 0): 0.006, ("bptt", 1): 0.006, ("tbptt", 0): 0.003, ("tbptt", 1): 0.003, ("sab", 0): 0.006, ("sab", 1): 0.006}
+    only_sab = expand(load_sweep("mine", ["method=[sab]"], folder))
+    assert [(c.spec.method, c.spec.lr) for c in only_sab] == [("sab", 0.006)] * 2
+    assert {c.spec.lr for c in expand(load_sweep("mine", ["budget=other"], folder)) if c.spec.method != "sab"} == {
+        0.003
+    }  # a budget's per_method replaces the file's
+    assert {c.spec.lr for c in expand(load_sweep("mine", ["lr=0.001"], folder))} == {0.001}  # the command line's lr is every method's
+    assert {c.spec.lr for c in expand(load_sweep("mine", ["grid.lr=[0.02]"], folder))} == {0.02}  # an lr axis beats per_method
