@@ -98,5 +98,10 @@ def test_a_cells_page_draws_its_validation_curve_by_step(ui):
     legend.first.wait_for(timeout=60_000)
     chart = legend.first.locator("xpath=../../..")  # the plot: its axes' ticks and the legend
     ticks = chart.inner_text().split("\n")
+    for _ in range(60):  # the legend can be drawn before the axes: give them up to 30 s more
+        if "Step" in ticks:
+            break
+        page.wait_for_timeout(500)
+        ticks = chart.inner_text().split("\n")
     assert "Step" in ticks and "10" in ticks and "20" in ticks, ticks  # a curve over training steps 10..20, not one final point
     page.close()
