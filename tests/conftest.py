@@ -28,6 +28,15 @@ def fresh_dir(tmp_path: Path) -> Path:
     return folder
 
 
+def sigint_as_from_a_terminal() -> None:
+    """`preexec_fn` for a driver a test will Ctrl-C: SIGINT at its default, as a terminal's foreground
+    job has it. A shell's background job (`bash .ci/run &`) starts with SIGINT ignored, and a child
+    Python keeps an inherited ignore, which would leave the driver deaf to the test's SIGINT."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(autouse=True)
 def _sigint_left_alone(request):
     """Report a test that leaves SIGINT changed in this process (subprocesses would inherit an ignore)."""

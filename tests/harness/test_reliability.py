@@ -17,7 +17,7 @@ import pytest
 from harness.isolation import CHILD_MARK
 from harness.liveness import driver_alive, this_driver
 from harness.sweep import main
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT, cli, sigint_as_from_a_terminal
 
 TINY = "task: copy, seq_len: 5, hidden_size: 8, batch_size: 4, eval_batches: 1, method: sab, k_trunc: 3, k_att: 2, k_top: 2"
 
@@ -307,11 +307,9 @@ def test_a_huge_grid_claims_in_batches_and_stops_on_ctrl_c_within_seconds(tmp_pa
     work = tmp_path / "work"
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(sweeps))
-    # a shell's background job (`bash .ci/run &`) starts with SIGINT ignored, and Python then keeps it ignored: a
-    # terminal's Ctrl-C reaches a foreground driver, whose SIGINT is the default one, so the test restores that
     driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "huge", "--yes", "--executor", "local", "--no-timing"], cwd=work,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                              preexec_fn=sigint_as_from_a_terminal)  # fmt: skip
     first = driver.stdout.readline()
     while first and not first.startswith("sweep huge"):
         first = driver.stdout.readline()

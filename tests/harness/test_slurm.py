@@ -16,7 +16,7 @@ from harness.cells import expand
 from harness.config import SweepError, load_sweep
 from harness.executors.slurm import SlurmExecutor
 from sab.train import TrialSpec, run_trial
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT, cli, sigint_as_from_a_terminal
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 
@@ -225,11 +225,9 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_says_so(slurm, tmp_path):
 
     work, env = _long_sweep(tmp_path)
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), **env)
-    # as from a terminal: SIGINT at its default (a process inherits an ignored SIGINT, and the full
-    # suite's process was seen to ignore it, which made this driver deaf to the Ctrl-C below)
     driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "long", "steps=100000", "--executor", "slurm"], cwd=work,
                               env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                              preexec_fn=sigint_as_from_a_terminal)  # fmt: skip
     for line in driver.stdout:
         if line.startswith("submitted"):
             job_id = line.rsplit(":", 1)[1].strip()
