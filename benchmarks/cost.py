@@ -23,6 +23,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from sab.methods import METHOD_NAMES, METHODS, Footprint, Knobs
+from sab.replay import REPLAY_GROUP
 
 COST_REFERENCES = ("bptt", "bptt_cell")
 """The engines every cost row is divided by: the fused kernel and the same gradient in a step loop."""
@@ -32,6 +33,7 @@ COLUMNS = (
     "peak_saved_bytes", "held_bytes", "peak_bytes", "peak_rss_bytes", "step_seconds",
     "device", "threads", "status", "predicted_bytes", "cuda_max_allocated_bytes", "cuda_step_growth_bytes", "repeats",
     "step_seconds_min", "step_seconds_max", "steps_per_repeat", "task", "attn_size", "scorer_init", "tokens_per_step",
+    "replay_group",
 )  # fmt: skip
 
 
@@ -53,12 +55,23 @@ class CostConfig:
     attn_size: int | None = None
     scorer_init: str = Knobs.scorer_init
     data_dir: str | None = None
+    replay_group: int | None = None
+    """sab: segments replayed forward at once (None: the device's default, sab.replay.REPLAY_GROUP)."""
+
+    @property
+    def label(self) -> str:
+        """The method, with the replay group when one is named (two sab rows can differ only in it)."""
+        return self.method if self.replay_group is None else f"{self.method} (group {self.replay_group})"
 
 
 def predicted_bytes(c: CostConfig) -> int:
     """A generous estimate of an engine's peak training bytes (the method's memory model in
     sab.methods), to skip what cannot fit."""
-    return METHODS[c.method].memory_bytes(Footprint(c.batch_size, c.hidden_size, c.seq_len, Knobs.of(c)))
+    return METHODS[c.method].memory_bytes(
+        Footprint(
+            c.batch_size, c.hidden_size, c.seq_len, Knobs.of(c), replay_group=c.replay_group or REPLAY_GROUP.get(c.device.split(":")[0], 1)
+        )
+    )
 
 
 def free_bytes(device: str) -> int:
@@ -114,22 +127,27 @@ def measure(configs: list[CostConfig], repeats: int, steps: int = 1, log=print) 
         running: list[tuple[_Process, dict]] = []
         for config in (c for c in configs if c.seq_len == length):
             row = dict(
-                asdict(config), predicted_bytes=predicted_bytes(config), repeats=repeats, steps_per_repeat=steps, step_seconds=float("nan")
+                asdict(config),
+                label=config.label,
+                predicted_bytes=predicted_bytes(config),
+                repeats=repeats,
+                steps_per_repeat=steps,
+                step_seconds=float("nan"),
             )
             rows.append(row)
             if row["predicted_bytes"] > 0.8 * free_bytes(config.device):
                 row["status"] = "skipped"
-                log(f"T={length} {config.method}: skipped, predicted {row['predicted_bytes'] / 2**30:.1f} GiB > free memory")
+                log(f"T={length} {config.label}: skipped, predicted {row['predicted_bytes'] / 2**30:.1f} GiB > free memory")
                 continue
             process = _Process(config)
             answer = process.ask(asdict(config))
             if answer is None:
                 row["status"] = "failed"
-                log(f"T={length} {config.method}: worker died during the memory steps")
+                log(f"T={length} {config.label}: worker died during the memory steps")
                 continue
             row.update(answer, status="ok")
             running.append((process, row))
-            log(f"T={length} {config.method}: peak {answer['peak_bytes'] / 2**20:.1f} MiB, rss {answer['peak_rss_bytes'] / 2**20:.1f} MiB")
+            log(f"T={length} {config.label}: peak {answer['peak_bytes'] / 2**20:.1f} MiB, rss {answer['peak_rss_bytes'] / 2**20:.1f} MiB")
         samples: dict[int, list[float]] = {id(row): [] for _, row in running}
         for repetition in range(repeats):
             shift = repetition % max(len(running), 1)
@@ -173,10 +191,10 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         base, cell = (by.get((name, r["seq_len"])) for name in COST_REFERENCES)
         if r.get("status") != "ok":
-            lines.append(f"| {r['seq_len']} | {r['method']} | {r.get('status')} | | | | | | |")
+            lines.append(f"| {r['seq_len']} | {r.get('label', r['method'])} | {r.get('status')} | | | | | | |")
             continue
         lines.append(
-            f"| {r['seq_len']} | {r['method']} | {r['peak_bytes'] / 2**20:.1f} | {ratio(r, base, 'peak_bytes')} | "
+            f"| {r['seq_len']} | {r.get('label', r['method'])} | {r['peak_bytes'] / 2**20:.1f} | {ratio(r, base, 'peak_bytes')} | "
             f"{ratio(r, cell, 'peak_bytes')} | {r['peak_rss_bytes'] / 2**20:.1f} | {r['step_seconds']:.4f} | "
             f"{ratio(r, base, 'step_seconds')} | {ratio(r, cell, 'step_seconds')} |"
         )
@@ -198,11 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per engine")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="results/cost/cost.csv", help="CSV output path")
+    parser.add_argument(
+        "--replay-groups", type=int, nargs="+", default=None, help="sab: one row per replay group (default: the device's, one row)"
+    )
     args = parser.parse_args(argv)
     configs = [
-        CostConfig(m, t, args.hidden_size, args.batch_size, args.k_trunc, args.k_att, args.k_top, args.device, args.threads)
+        CostConfig(m, t, args.hidden_size, args.batch_size, args.k_trunc, args.k_att, args.k_top, args.device, args.threads, replay_group=g)
         for t in args.lengths
         for m in args.methods
+        for g in ((args.replay_groups or [None]) if METHODS[m].replays else [None])
     ]
     rows = measure(configs, args.repeats, args.steps, log=lambda s: print(s, file=sys.stderr, flush=True))
     write_csv(rows, args.out)

@@ -16,7 +16,8 @@ import time
 import torch
 
 from sab.measure import MemoryMeter, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset, synchronize
-from sab.methods import METHODS, build_model
+from sab.methods import KNOBS, METHODS, build_model
+from sab.replay import default_replay_group
 from sab.tasks import make_task
 from sab.tasks.base import Batch, cross_entropy, one_hot
 
@@ -48,7 +49,7 @@ class Worker:
         torch.manual_seed(0)
         self.config = config
         self.device = torch.device(config["device"])
-        knobs = {k: config[k] for k in ("k_trunc", "k_top", "k_att", "attn_size", "scorer_init") if k in config}
+        knobs = {k: config[k] for k in KNOBS if k in config}
         if config.get("task"):  # the sweep's own task: its length, inputs and loss
             task = make_task(config["task"], config["seq_len"], config.get("data_dir"))
             sizes, self.loss = (task.input_size, task.output_size), task.loss
@@ -58,6 +59,8 @@ class Worker:
             sizes, self.loss = (CLASSES, CLASSES), cross_entropy
             self.batch = make_batch(config["batch_size"], config["seq_len"], self.device)
         self.model = build_model(config["method"], sizes[0], config["hidden_size"], sizes[1], **knobs).to(self.device)
+        if METHODS[config["method"]].replays:  # the trial's rule: the config's replay group, else the device's
+            self.model.replay_group = config.get("replay_group") or default_replay_group(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.engine = METHODS[config["method"]].engine
 

@@ -27,7 +27,15 @@ def timing_configs(cells: list[Cell]) -> list[CostConfig]:
         spec = cell.spec
         reads = METHODS[spec.method].reads
         knobs = {name: getattr(spec, name) for name in KNOBS if name in reads}
-        base = CostConfig(method=spec.method, seq_len=spec.seq_len, task=spec.task, data_dir=spec.data_dir, threads=1, device="cpu")
+        base = CostConfig(
+            method=spec.method,
+            seq_len=spec.seq_len,
+            task=spec.task,
+            data_dir=spec.data_dir,
+            threads=1,
+            device="cpu",
+            replay_group=spec.replay_group,
+        )
         configs[dataclasses.replace(base, hidden_size=spec.hidden_size, batch_size=spec.batch_size, **knobs)] = None
     return list(configs)
 

@@ -166,7 +166,7 @@ def sab(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter
             chunk.backward()
         dlogits[:, lo : lo + _LOSS_CHUNK] = piece.grad
         loss += chunk.detach()
-    replay(model, batch.inputs, batch.positions, dlogits, k_trunc, run, meter)
+    replay(model, batch.inputs, batch.positions, dlogits, k_trunc, run, meter, group=model.replay_group)
     meter.release(*held)
     return StepResult(loss.detach(), run.logits)
 

@@ -62,6 +62,7 @@ class Footprint:
     seq_len: int
     knobs: Knobs = Knobs()
     bytes_per_float: int = 4
+    replay_group: int = 1  # sab: segments whose replay records are held at once
 
     @property
     def lstm_step_bytes(self) -> int:
@@ -81,6 +82,8 @@ class Method:
     memory_bytes: Callable[[Footprint], int]
     memory_stride: Callable[[Knobs], int] | None = None
     """Steps between memory writes of an attention model (its attention map's slots); None: no attention."""
+    replays: bool = False
+    """The engine replays segments (sab.replay): a replay group applies to it."""
 
 
 def _lstm(shape: ModelShape, knobs: Knobs) -> nn.Module:
@@ -114,9 +117,9 @@ def _dense_attention_bytes(f: Footprint, k_att: int) -> int:
 
 
 def _two_pass_bytes(f: Footprint) -> int:
-    """Bank, keys and G per memory, boundary states per segment, and one segment's replay."""
+    """Bank, keys and G per memory, boundary states per segment, and one replay group's records."""
     B, H, L, k, w = f.batch_size, f.hidden_size, f.seq_len, f.knobs, f.bytes_per_float
-    return 3 * H * B * w * (L // k.k_att + 1) + 2 * H * B * w * (L // k.k_trunc + 1) + f.lstm_step_bytes * 2 * k.k_trunc
+    return 3 * H * B * w * (L // k.k_att + 1) + 2 * H * B * w * (L // k.k_trunc + 1) + f.lstm_step_bytes * 2 * k.k_trunc * f.replay_group
 
 
 def _transformer_bytes(f: Footprint) -> int:
@@ -173,6 +176,7 @@ METHODS: dict[str, Method] = {
             ("k_trunc", "k_top", "k_att", *_ATTENTION),
             _two_pass_bytes,
             lambda knobs: knobs.k_att,
+            replays=True,
         ),
         Method("transformer", "a small causal Transformer, full backprop", _transformer, credit.transformer, (), _transformer_bytes),
     )

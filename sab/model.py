@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sab.sparse_attention import Scorer, sparse_weights, top_scores
+from sab.sparse_attention import EPS, Scorer, sparse_weights_, top_scores
 
 
 def lstm_step(gates_x: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,14 +135,18 @@ class SABLSTM(_Recurrent):
         k_att: int = 10,
         attn_size: int | None = None,
         scorer_init: str = "zero",
+        replay_group: int = 1,
     ) -> None:
         super().__init__(input_size, hidden_size)
         if k_top is not None and k_top < 1:
             raise ValueError(f"k_top must be >= 1 (or None for dense attention), got {k_top}")
         if k_att < 1:
             raise ValueError(f"k_att must be >= 1, got {k_att}")
+        if replay_group < 1:
+            raise ValueError(f"replay_group must be >= 1, got {replay_group}")
         self.k_top = k_top
         self.k_att = k_att
+        self.replay_group = replay_group  # the sab engine's segments replayed forward at once (sab.replay)
         self.attn_size = attn_size or hidden_size
         self.scorer = Scorer(hidden_size, self.attn_size, scorer_init)
         self.readout = nn.Linear(2 * hidden_size, output_size)
@@ -183,6 +187,7 @@ class SABLSTM(_Recurrent):
         bag_offsets = torch.arange(0, B * (k_top or 0) + B, (k_top or 0) + 1, device=x.device)  # the 2-D form builds these every step
         picks = torch.zeros(L, B, k_top + 1, dtype=torch.int32, device=x.device) if keep_picks and k_top is not None else None
         pick_rows = picks.unbind(0) if picks is not None else None
+        kept_and_eps = x.new_full((B, (k_top or 0) + 2), EPS)  # the sparsifier's scratch: ε in the last column
         attention = x.new_zeros(B, L, n_mem) if record_attention else None
         starts: list[tuple[Tensor, Tensor]] = []
         states: list[Tensor] = []
@@ -215,10 +220,8 @@ class SABLSTM(_Recurrent):
                     attention[:, t, :n] = weights
             else:
                 values, top = top_scores(scorer.scores(provisional, written, scratch), k_top)
-                flat = torch.add(top, row_of_batch)
-                if pick_rows is not None:
-                    pick_rows[t].copy_(flat)
-                weights = sparse_weights(values)
+                flat = torch.add(top, row_of_batch, out=pick_rows[t] if pick_rows is not None else None)  # rows of the flat bank
+                weights = sparse_weights_(values, kept_and_eps)
                 summary = F.embedding_bag(flat.view(-1), flat_bank, bag_offsets, per_sample_weights=weights.view(-1), mode="sum")
                 if attention is not None:
                     attention[:, t].scatter_(1, top, weights)

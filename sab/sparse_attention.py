@@ -98,8 +98,8 @@ def top_scores(scores: Tensor, k_top: int) -> tuple[Tensor, Tensor]:
         edge = values[:, want - 2 :]  # the last kept, δ, and the first left out
         if not bool((edge[:, 1:] == edge[:, :-1]).any()):  # no score ties the threshold δ
             return values[:, :want], indices[:, :want]
-    indices = select_top(scores, k_top)
-    return scores.gather(1, indices), indices
+    values, indices = torch.sort(scores, dim=1, descending=True, stable=True)  # `select_top`'s sort, values kept: no gather
+    return values[:, :want], indices[:, :want]
 
 
 def sparse_weights(top_scores: Tensor) -> Tensor:
@@ -110,6 +110,13 @@ def sparse_weights(top_scores: Tensor) -> Tensor:
     """
     kept = torch.relu(top_scores - top_scores[:, -1:])
     return kept / (kept.sum(dim=1, keepdim=True) + EPS)
+
+
+def sparse_weights_(top_scores: Tensor, kept_and_eps: Tensor) -> Tensor:
+    """`sparse_weights` in 4 operations for a loop of steps: `kept_and_eps` (B, k+2) holds ε in its
+    last column, so one sum gives Σ relu(d - δ) + ε (the relu lands in its first k+1 columns)."""
+    kept = torch.sub(top_scores, top_scores[:, -1:], out=kept_and_eps[:, :-1]).relu_()
+    return torch.div(kept, kept_and_eps.sum(dim=1, keepdim=True))
 
 
 def attention_weights(scores: Tensor, k_top: int | None) -> Tensor:

@@ -26,6 +26,7 @@ import torch
 from sab.checkpoint import Checkpointer, restore, training_state
 from sab.measure import MemoryMeter, StepTimer, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset
 from sab.methods import METHOD_NAMES, METHODS, Knobs, ModelShape
+from sab.replay import default_replay_group
 from sab.sparse_attention import SCORER_INITS
 from sab.tasks import TASKS, Task, make_task
 
@@ -73,6 +74,9 @@ class TrialSpec:
     k_trunc: int = _field(_KNOB.k_trunc, "local backprop window: the state is detached every k_trunc steps", role="method")
     k_top: int = _field(_KNOB.k_top, "memories attended per step (sab)", role="method")
     k_att: int = _field(_KNOB.k_att, "a memory is written every k_att steps (sab)", role="method")
+    replay_group: int | None = _field(
+        None, "sab: segments replayed forward at once (default: 1 on CPU, 16 on CUDA; sab.replay)", role="execution"
+    )
     batch_size: int = _field(32, "sequences per batch")
     lr: float = _field(1e-3, "learning rate")
     optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
@@ -119,6 +123,10 @@ class TrialSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.replay_group is not None and (
+            isinstance(self.replay_group, bool) or not isinstance(self.replay_group, int) or self.replay_group < 1
+        ):
+            raise ValueError(f"replay_group must be an integer >= 1 or None (the device's default), got {self.replay_group!r}")
         if self.attn_size is not None and self.attn_size < 1:
             raise ValueError(f"attn_size must be >= 1 or None, got {self.attn_size!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -173,6 +181,7 @@ class TrialResult:
     device: str = "cpu"
     device_name: str = "cpu"
     threads: int = 1
+    replay_group: int = 0  # the sab engine's, resolved for the device (0: the method has none)
     torch_version: str = torch.__version__
     attention: list[list[float]] = field(default_factory=list)  # (L, n_mem) weights of one test sequence (attention models)
     attention_marks: dict = field(default_factory=dict)  # what the task says its map should mark (Task.attention_marks)
@@ -245,9 +254,12 @@ def evaluate(model, task: Task, batches: list, device: torch.device, dtype: torc
 
 
 def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype):
-    """The seeded model of a spec, on its device and dtype."""
+    """The seeded model of a spec, on its device and dtype (with the replay group of its device)."""
     torch.manual_seed(spec.seed)
-    return build_model(spec, task).to(device=device, dtype=dtype)
+    model = build_model(spec, task).to(device=device, dtype=dtype)
+    if METHODS[spec.method].replays:
+        model.replay_group = spec.replay_group or default_replay_group(device)
+    return model
 
 
 def build_model(spec: TrialSpec, task: Task) -> torch.nn.Module:
@@ -278,6 +290,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     result.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
     model = build(spec, task, device, dtype)
+    result.replay_group = getattr(model, "replay_group", 0)
     engine = METHODS[spec.method].engine
     optimizer = _optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.seed)

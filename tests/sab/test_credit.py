@@ -56,6 +56,37 @@ def test_two_pass_sab_equals_reference_float64(L, k_trunc, k_att, k_top):
     assert all(g.abs().sum() > 0 for g in ref.values())
 
 
+@pytest.mark.parametrize("group", [2, 3, 64])
+@pytest.mark.parametrize("L,k_trunc,k_att,k_top", PARITY_CASES)
+def test_grouped_replay_equals_reference_float64(L, k_trunc, k_att, k_top, group):
+    """Segments replayed forward `group` at a time (sab.replay; a GPU's default) give the same
+    gradients, the inputs' included, as the reference: groups of 2 and 3 leave partial groups
+    and singletons beside them, 64 takes every full sparse segment at once."""
+    torch.manual_seed(L + k_trunc + k_att + k_top)
+    model = build_model("sab", 5, 8, 4, k_top=k_top, k_att=k_att, scorer_init="uniform").double()
+    batch = _batch(3, L, 5, 4)
+    x = batch.inputs.clone().requires_grad_()
+    batch = Batch(x, batch.targets, batch.positions)
+    _, ref = _grads("sab_reference", model, batch, k_trunc)
+    ref["inputs"], x.grad = x.grad, None
+    model.replay_group = group
+    _, got = _grads("sab", model, batch, k_trunc)
+    got["inputs"] = x.grad
+    assert _max_relative_error(got, ref) <= 1e-10
+
+
+def test_replay_groups_only_full_sparse_live_segments_in_replay_order():
+    """The plan of groups: last segment first; only full segments whose every step reads through
+    the sparsifier share a group (here from step 20: (k_top+1) k_att); dead segments are skipped."""
+    from sab.replay import _groups
+
+    live = [True] * 9 + [True]  # L = 48 in segments of 5: the last is partial (45..47)
+    assert _groups(live, 48, 5, 20, 3) == [[9], [6, 7, 8], [4, 5], [3], [2], [1], [0]]
+    live[7] = False
+    assert _groups(live, 48, 5, 20, 3) == [[9], [5, 6, 8], [4], [3], [2], [1], [0]]
+    assert _groups(live, 48, 5, 20, 1) == [[9], [8], [6], [5], [4], [3], [2], [1], [0]]
+
+
 @pytest.mark.parametrize("L,k_trunc,k_att,k_top", [(40, 5, 5, 3), (17, 3, 2, 2), (100, 7, 10, 3)])
 def test_two_pass_sab_equals_reference_from_the_zero_scorer(L, k_trunc, k_att, k_top):
     """The default initialisation (w = 0, b = 0): every score ties, so the sparsifier's weights start

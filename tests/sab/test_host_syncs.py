@@ -13,10 +13,12 @@ from benchmarks.launches import count_step
 SIZES = {"hidden_size": 8, "batch_size": 2, "k_trunc": 5, "k_att": 5, "k_top": 3}
 
 
-@pytest.mark.parametrize("method", ["sab", "tbptt", "bptt_cell", "self_attention", "bptt"])
-def test_read_backs_per_step_do_not_grow_with_the_length(method, monkeypatch):
+@pytest.mark.parametrize(
+    "method,replay_group", [("sab", 1), ("sab", 4), ("tbptt", 1), ("bptt_cell", 1), ("self_attention", 1), ("bptt", 1)]
+)
+def test_read_backs_per_step_do_not_grow_with_the_length(method, replay_group, monkeypatch):
     monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)  # the GPU's path: a stable sort, no read-back
-    short, long = count_step(method, 40, **SIZES), count_step(method, 120, **SIZES)
+    short, long = count_step(method, 40, replay_group=replay_group, **SIZES), count_step(method, 120, replay_group=replay_group, **SIZES)
     assert short.syncs == long.syncs, (short, long)
     assert long.syncs <= 12  # positions once per pass, the loss once, Adam's step counters (CPU tensors on a GPU too)
 
@@ -38,3 +40,17 @@ def test_segments_whose_memories_no_read_picked_are_not_replayed():
     assert _segments_with_credit(run, [19], 20, 5, 5, 1, n_mem) == [True, False, False, True]
     picks[15:, :, 0] += 2  # the last segment's reads pick memory 2: the segment that wrote it is replayed
     assert _segments_with_credit(run, [19], 20, 5, 5, 1, n_mem)[2] is True
+
+
+def test_sab_launches_per_time_step_on_the_gpu_path(monkeypatch):
+    """Issue #13: at most 35 ATen compute ops per time step of sab with a GPU's replay group (the
+    shapes of benchmarks/README.md's launch table), and fewer than with one segment at a time."""
+    from benchmarks.launches import per_time_step
+    from sab.replay import REPLAY_GROUP
+
+    monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)
+    shapes = {"hidden_size": 32, "batch_size": 4, "k_trunc": 10, "k_att": 10, "k_top": 5}
+    grouped, syncs = per_time_step("sab", (100, 200), replay_group=REPLAY_GROUP["cuda"], **shapes)
+    single, _ = per_time_step("sab", (100, 200), replay_group=1, **shapes)
+    assert grouped <= 35, grouped
+    assert syncs == 0 and single - grouped > 15, (single, grouped)

@@ -115,3 +115,16 @@ def test_sab_learns_copy_where_tbptt_cannot():
     assert sab.status == tbptt.status == "ok"
     assert sab.metrics["accuracy"] > tbptt.metrics["accuracy"] + 0.1, (sab.metrics, tbptt.metrics)
     assert tbptt.metrics["accuracy"] < 0.2
+
+
+def test_replay_group_is_resolved_recorded_and_checked():
+    """The sab engine's replay group: the device's default unless the spec names one, recorded on
+    the result; a grouped replay trains to the same figures (the same gradient, other roundings)."""
+    spec = dict(TINY, seq_len=20, steps=4, eval_interval=2)
+    default, grouped = run_trial(TrialSpec(method="sab", **spec)), run_trial(TrialSpec(method="sab", replay_group=4, **spec))
+    assert (default.status, grouped.status) == ("ok", "ok"), grouped.traceback
+    assert (default.replay_group, grouped.replay_group) == (1, 4)
+    assert grouped.metrics["loss"] == pytest.approx(default.metrics["loss"], rel=1e-4)
+    assert run_trial(TrialSpec(method="bptt", **spec)).replay_group == 0
+    with pytest.raises(ValueError, match="replay_group must be an integer >= 1 or None"):
+        TrialSpec(replay_group=0).validate()
