@@ -61,6 +61,7 @@ class Worker:
         self.model = build_model(config["method"], sizes[0], config["hidden_size"], sizes[1], **knobs).to(self.device)
         if METHODS[config["method"]].replays:  # the trial's rule: the config's replay group, else the device's
             self.model.replay_group = config.get("replay_group") or default_replay_group(self.device)
+            self.model.static_shapes = bool(config.get("static_shapes", False))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.engine = METHODS[config["method"]].engine
 

@@ -49,13 +49,21 @@ class _Counter(TorchDispatchMode):
 
 
 def count_step(
-    method: str, length: int, hidden_size: int, batch_size: int, k_trunc: int, k_att: int, k_top: int, replay_group: int = 1
+    method: str,
+    length: int,
+    hidden_size: int,
+    batch_size: int,
+    k_trunc: int,
+    k_att: int,
+    k_top: int,
+    replay_group: int = 1,
+    static_shapes: bool = False,
 ) -> Counts:
     """The ops of one training step (after one warm-up step) of `method` at sequence length `length`."""
     from benchmarks.cost_worker import Worker
 
     config = {"method": method, "seq_len": length, "hidden_size": hidden_size, "batch_size": batch_size, "k_trunc": k_trunc,
-              "k_att": k_att, "k_top": k_top, "replay_group": replay_group, "threads": 1, "device": "cpu"}  # fmt: skip
+              "k_att": k_att, "k_top": k_top, "replay_group": replay_group, "static_shapes": static_shapes, "threads": 1, "device": "cpu"}  # fmt: skip
     worker = Worker(config)
     worker.step()
     counter = _Counter()
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k-att", type=int, default=10)
     parser.add_argument("--k-top", type=int, default=5)
     parser.add_argument("--replay-group", type=int, default=1, help="sab: segments replayed forward at once (default 1)")
+    parser.add_argument("--static-shapes", action="store_true", help="sab: its shape-static path (what a CUDA graph needs)")
     parser.add_argument(
         "--cpu-path",
         action="store_true",
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "k_att": args.k_att,
         "k_top": args.k_top,
         "replay_group": args.replay_group,
+        "static_shapes": args.static_shapes,
     }
     print(f"Per time step, L = {args.lengths[0]} and {args.lengths[1]}, {sizes}, {'CPU' if args.cpu_path else 'GPU'} path")
     print("| method | ATen compute ops / time step | host syncs / time step |")

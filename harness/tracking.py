@@ -338,7 +338,7 @@ class Tracker:
             "status": result.status, "git_sha": git_sha(), "torch_version": result.torch_version, "device": result.device,
             "device_name": result.device_name, "executor": outcome.executor, "concurrency": str(outcome.concurrency),
             "threads": str(outcome.threads), "error_type": result.error_type, "python": sys.version.split()[0],
-            "replay_group": str(result.replay_group),
+            "replay_group": str(result.replay_group), "static_shapes": str(result.static_shapes),
             "location": outcome.location,
             "mlflow.source.git.commit": git_sha().removesuffix("-dirty"),
         }  # fmt: skip

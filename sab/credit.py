@@ -154,7 +154,7 @@ def sab(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter
     pass-1 picks, differentiating each by hand: a memory is only read after it is written, so
     when its writer step replays, G holds the credit of every later read of it and of its key.
     """
-    run = model.first_pass(batch.inputs, batch.positions, k_trunc=k_trunc, keep_picks=True)
+    run = model.first_pass(batch.inputs, batch.positions, k_trunc=k_trunc, keep_picks=True, static_shapes=model.static_shapes)
     dlogits = torch.empty_like(run.logits)
     held = (run.logits, dlogits, run.bank, run.keys, run.picks, *(s for start in run.starts for s in start))
     meter.hold(*held)
@@ -166,7 +166,7 @@ def sab(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter
             chunk.backward()
         dlogits[:, lo : lo + _LOSS_CHUNK] = piece.grad
         loss += chunk.detach()
-    replay(model, batch.inputs, batch.positions, dlogits, k_trunc, run, meter, group=model.replay_group)
+    replay(model, batch.inputs, batch.positions, dlogits, k_trunc, run, meter, group=model.replay_group, every_segment=model.static_shapes)
     meter.release(*held)
     return StepResult(loss.detach(), run.logits)
 

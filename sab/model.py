@@ -147,6 +147,7 @@ class SABLSTM(_Recurrent):
         self.k_top = k_top
         self.k_att = k_att
         self.replay_group = replay_group  # the sab engine's segments replayed forward at once (sab.replay)
+        self.static_shapes = False  # the sab engine's shape-static path (first_pass, sab.replay): what a CUDA graph needs
         self.attn_size = attn_size or hidden_size
         self.scorer = Scorer(hidden_size, self.attn_size, scorer_init)
         self.readout = nn.Linear(2 * hidden_size, output_size)
@@ -169,12 +170,15 @@ class SABLSTM(_Recurrent):
         k_trunc: int | None = None,
         keep_picks: bool = False,
         record_attention: bool = False,
+        static_shapes: bool = False,
     ) -> FirstPass:
         """Run steps 1..L without a graph (docs/design.md, steps 1-7); the sab engine's pass 1.
 
         With `k_trunc`, keeps the state entering each segment; with `keep_picks`, the
         top-(k_top+1) indices of every step, so pass 2 replays the same selection. Input gates
         and the readout run per block of steps, so nothing of size L x H outlives a block.
+        With `static_shapes`, every step scores the whole padded bank, the slots not yet written
+        masked to -inf: the same shapes at every step (a CUDA graph's condition), ~2x the scoring.
         """
         B, L, _ = x.shape
         H, A, k_top, k_att = self.hidden_size, self.attn_size, self.k_top, self.k_att
@@ -197,6 +201,10 @@ class SABLSTM(_Recurrent):
         zero_summary = h
         cell, scorer = self.scaled_cell(), self.scorer.folded()
         w_hh_t = cell.w_hh.t()
+        masks = None
+        if static_shapes and n_mem:  # row n: 0 on the n written slots, -inf on the rest
+            slots = torch.arange(n_mem, device=x.device)
+            masks = torch.where(slots < torch.arange(n_mem + 1, device=x.device).unsqueeze(1), 0.0, float("-inf")).to(x.dtype)
         n = 0
         for t in range(L):
             if t % _BLOCK == 0:
@@ -208,23 +216,28 @@ class SABLSTM(_Recurrent):
             if t % _GATES_BLOCK == 0:
                 gates_x = cell.step_major_gates(x[:, t : t + _GATES_BLOCK])
             provisional, c = lstm_step_(gates_x[t % _GATES_BLOCK], h, c, w_hh_t)
-            if t // k_att != n:  # a memory was written: the views of the first n grow
+            if t // k_att != n:  # a memory was written: the views of the first n grow (static: the mask does)
                 n = t // k_att
-                written, scratch = keys[:, :n], buffer[: B * n * A].view(B, n, A)
+                seen = n_mem if masks is not None else n
+                written, scratch, memories = keys[:, :seen], buffer[: B * seen * A].view(B, seen, A), bank[:, :seen]
             if n == 0:
                 summary = zero_summary
-            elif k_top is None or n <= k_top:
-                weights = torch.softmax(scorer.scores(provisional, written, scratch), dim=1)
-                summary = torch.bmm(weights.unsqueeze(1), bank[:, :n]).squeeze(1)
-                if attention is not None:
-                    attention[:, t, :n] = weights
             else:
-                values, top = top_scores(scorer.scores(provisional, written, scratch), k_top)
-                flat = torch.add(top, row_of_batch, out=pick_rows[t] if pick_rows is not None else None)  # rows of the flat bank
-                weights = sparse_weights_(values, kept_and_eps)
-                summary = F.embedding_bag(flat.view(-1), flat_bank, bag_offsets, per_sample_weights=weights.view(-1), mode="sum")
-                if attention is not None:
-                    attention[:, t].scatter_(1, top, weights)
+                scores = scorer.scores(provisional, written, scratch)
+                if masks is not None:
+                    scores = scores + masks[n]
+                if k_top is None or n <= k_top:
+                    weights = torch.softmax(scores, dim=1)
+                    summary = torch.bmm(weights.unsqueeze(1), memories).squeeze(1)
+                    if attention is not None:
+                        attention[:, t, : weights.shape[1]] = weights
+                else:
+                    values, top = top_scores(scores, k_top)
+                    flat = torch.add(top, row_of_batch, out=pick_rows[t] if pick_rows is not None else None)  # rows of the flat bank
+                    weights = sparse_weights_(values, kept_and_eps)
+                    summary = F.embedding_bag(flat.view(-1), flat_bank, bag_offsets, per_sample_weights=weights.view(-1), mode="sum")
+                    if attention is not None:
+                        attention[:, t].scatter_(1, top, weights)
             h = provisional + summary
             if scored[t]:
                 states.append(h)

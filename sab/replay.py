@@ -113,13 +113,25 @@ class _ParameterGrads:
 
 
 @torch.no_grad()
-def replay(model: SABLSTM, inputs: Tensor, positions: Tensor, dlogits: Tensor, k_trunc: int, run: FirstPass, meter, group: int = 1) -> None:
+def replay(
+    model: SABLSTM,
+    inputs: Tensor,
+    positions: Tensor,
+    dlogits: Tensor,
+    k_trunc: int,
+    run: FirstPass,
+    meter,
+    group: int = 1,
+    every_segment: bool = False,
+) -> None:
     """Fill `.grad` with SAB's gradient from the pass-1 record `run` and the loss gradient `dlogits`
     (B, n_positions, O) at the scored positions.
 
     `group` segments are replayed forward together (their start states and the bank are known from
     pass 1): a replayed step's ~20 operations then serve `group` segments at once, for `group`
     segments' records held at once (a memory-for-launches trade; the chain stays one segment at a time).
+    `every_segment` replays the segments that get no credit too (exact zeros) instead of reading
+    the picks back to find them: the same work at every step, as a CUDA graph needs.
     """
     if group < 1:
         raise ValueError(f"replay group must be >= 1, got {group}")
@@ -127,7 +139,10 @@ def replay(model: SABLSTM, inputs: Tensor, positions: Tensor, dlogits: Tensor, k
     buffers = _Buffers(ctx, min(k_trunc, ctx.L), group)
     meter.hold(ctx.grad_memories, ctx.grad_keys, *buffers.tensors())
     scored = scored_steps(positions)  # the step's one read-back of positions; every segment's span comes from it
-    live = _segments_with_credit(run, scored, ctx.L, k_trunc, ctx.k_att, ctx.k_top, ctx.n_mem)
+    if every_segment:
+        live = [True] * len(run.starts)
+    else:
+        live = _segments_with_credit(run, scored, ctx.L, k_trunc, ctx.k_att, ctx.k_top, ctx.n_mem)
     for members in _groups(live, ctx.L, k_trunc, (ctx.k_top + 1) * ctx.k_att, group):
         replayed = _Group(ctx, buffers, [(s * k_trunc, min(ctx.L, (s + 1) * k_trunc)) for s in members])
         replayed.forward([run.starts[s] for s in members])

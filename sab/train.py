@@ -77,6 +77,11 @@ class TrialSpec:
     replay_group: int | None = _field(
         None, "sab: segments replayed forward at once (default: 1 on CPU, 16 on CUDA; sab.replay)", role="execution"
     )
+    static_shapes: bool = _field(
+        False,
+        "sab: the same shapes and work at every step (padded bank, every segment replayed): a CUDA graph's condition",
+        role="execution",
+    )
     batch_size: int = _field(32, "sequences per batch")
     lr: float = _field(1e-3, "learning rate")
     optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
@@ -127,6 +132,8 @@ class TrialSpec:
             isinstance(self.replay_group, bool) or not isinstance(self.replay_group, int) or self.replay_group < 1
         ):
             raise ValueError(f"replay_group must be an integer >= 1 or None (the device's default), got {self.replay_group!r}")
+        if not isinstance(self.static_shapes, bool):
+            raise ValueError(f"static_shapes must be true or false, got {self.static_shapes!r}")
         if self.attn_size is not None and self.attn_size < 1:
             raise ValueError(f"attn_size must be >= 1 or None, got {self.attn_size!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -182,6 +189,7 @@ class TrialResult:
     device_name: str = "cpu"
     threads: int = 1
     replay_group: int = 0  # the sab engine's, resolved for the device (0: the method has none)
+    static_shapes: bool = False  # the sab engine ran its shape-static path
     torch_version: str = torch.__version__
     attention: list[list[float]] = field(default_factory=list)  # (L, n_mem) weights of one test sequence (attention models)
     attention_marks: dict = field(default_factory=dict)  # what the task says its map should mark (Task.attention_marks)
@@ -259,6 +267,7 @@ def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype)
     model = build_model(spec, task).to(device=device, dtype=dtype)
     if METHODS[spec.method].replays:
         model.replay_group = spec.replay_group or default_replay_group(device)
+        model.static_shapes = spec.static_shapes
     return model
 
 
@@ -291,6 +300,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     task = make_task(spec.task, spec.seq_len, spec.data_dir, spec.permutation_seed)
     model = build(spec, task, device, dtype)
     result.replay_group = getattr(model, "replay_group", 0)
+    result.static_shapes = getattr(model, "static_shapes", False)
     engine = METHODS[spec.method].engine
     optimizer = _optimizer(spec, model.parameters())
     generator = torch.Generator().manual_seed(spec.seed)
@@ -511,7 +521,17 @@ def _cli_type(hint) -> tuple[type, str | None]:
         return args[0], "*"
     if args:  # X | None
         return args[0], None
+    if hint is bool:
+        return _boolean, None
     return hint, None
+
+
+def _boolean(text: str) -> bool:
+    """A flag's true or false (argparse's `bool` would take "false" as True)."""
+    values = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; valid: true, false")
+    return values[text.lower()]
 
 
 def attention_note(spec: TrialSpec, length: int) -> str:

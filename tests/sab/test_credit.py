@@ -248,3 +248,55 @@ def test_lstm_step_matches_torch_lstm_cell():
 def test_unknown_method_is_one_clear_error():
     with pytest.raises(ValueError, match=r"unknown method 'sabb'; valid: bptt, bptt_cell, tbptt"):
         build_model("sabb", 1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "L,k_trunc,k_att,k_top,positions", [(c[0], c[1], c[2], c[3], None) for c in PARITY_CASES] + [(40, 4, 3, 2, [11, 39])]
+)
+def test_static_shapes_path_equals_todays_path_float64(L, k_trunc, k_att, k_top, positions):
+    """Issue #13 item 3's CPU check: the shape-static path (a padded bank scored whole with -inf
+    on the unwritten slots; every segment replayed, with no read-back of the picks) gives the
+    gradients of the default path and of the reference at 1e-10, alone and with replay groups;
+    its no-grad inference gives the same logits and attention."""
+    torch.manual_seed(L + k_trunc + k_att + k_top)
+    model = build_model("sab", 5, 8, 4, k_top=k_top, k_att=k_att, scorer_init="uniform").double()
+    batch = _batch(3, L, 5, 4, positions=positions)
+    _, ref = _grads("sab_reference", model, batch, k_trunc)
+    _, today = _grads("sab", model, batch, k_trunc)
+    model.static_shapes = True
+    for group in (1, 3):
+        model.replay_group = group
+        _, got = _grads("sab", model, batch, k_trunc)
+        assert _max_relative_error(got, today) <= 1e-10 and _max_relative_error(got, ref) <= 1e-10
+    plain = model.first_pass(batch.inputs, batch.positions, record_attention=True)
+    static = model.first_pass(batch.inputs, batch.positions, record_attention=True, static_shapes=True)
+    assert torch.allclose(plain.logits, static.logits, rtol=0, atol=1e-12)
+    assert torch.allclose(plain.attention, static.attention, rtol=0, atol=1e-12)
+
+
+def test_static_shapes_path_scores_the_same_shape_at_every_step():
+    """What a CUDA graph needs of pass 1: the scorer's (B, |M|, A) block has one shape for the
+    whole sequence on the static path, where the default path's grows with the memories."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ScorerShapes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes: set[tuple[int, ...]] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket.__name__ == "sigmoid_" and out.dim() == 3:
+                self.shapes.add(tuple(out.shape))
+            return out
+
+    model = build_model("sab", 5, 8, 4, k_top=2, k_att=3)
+    x = torch.randn(2, 30, 5)
+    seen = {}
+    for static in (False, True):
+        recorder = ScorerShapes()
+        with torch.no_grad(), recorder:
+            model.first_pass(x, torch.arange(30), static_shapes=static)
+        seen[static] = recorder.shapes
+    assert seen[True] == {(2, 10, 8)}
+    assert len(seen[False]) == 9  # |M| = 1 .. 9 as the memories are written

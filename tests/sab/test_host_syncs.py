@@ -54,3 +54,25 @@ def test_sab_launches_per_time_step_on_the_gpu_path(monkeypatch):
     single, _ = per_time_step("sab", (100, 200), replay_group=1, **shapes)
     assert grouped <= 35, grouped
     assert syncs == 0 and single - grouped > 15, (single, grouped)
+
+
+def test_static_shapes_path_reads_back_less_and_stays_under_35(monkeypatch):
+    """The shape-static path replays every segment instead of reading the picks back to skip the
+    dead ones (on a GPU, one sync fewer per training step), and with the mask's one add per step
+    the CUDA default's ops per time step stay <= 35."""
+    import sab.replay
+    from benchmarks.launches import per_time_step
+    from sab.replay import REPLAY_GROUP
+
+    monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)
+
+    def no_read_back(*args):  # the plan reads the picks back (a no-op copy on the CPU, a sync on a GPU)
+        raise AssertionError("the static path read the picks back")
+
+    monkeypatch.setattr(sab.replay, "_segments_with_credit", no_read_back)
+    count_step("sab", 40, static_shapes=True, **SIZES)
+    with pytest.raises(AssertionError, match="read the picks back"):
+        count_step("sab", 40, **SIZES)
+    shapes = {"hidden_size": 32, "batch_size": 4, "k_trunc": 10, "k_att": 10, "k_top": 5}
+    compute, syncs = per_time_step("sab", (100, 200), replay_group=REPLAY_GROUP["cuda"], static_shapes=True, **shapes)
+    assert compute <= 35 and syncs == 0, compute

@@ -128,3 +128,12 @@ def test_replay_group_is_resolved_recorded_and_checked():
     assert run_trial(TrialSpec(method="bptt", **spec)).replay_group == 0
     with pytest.raises(ValueError, match="replay_group must be an integer >= 1 or None"):
         TrialSpec(replay_group=0).validate()
+
+
+def test_static_shapes_is_recorded_and_a_bad_value_is_one_line():
+    result = run_trial(TrialSpec(method="sab", static_shapes=True, **TINY))
+    assert result.status == "ok" and result.static_shapes is True, result.traceback
+    with pytest.raises(ValueError, match="static_shapes must be true or false"):
+        TrialSpec(static_shapes="yes").validate()
+    cli = subprocess.run([sys.executable, "-m", "sab.train", "--static-shapes", "maybe"], capture_output=True, text=True)
+    assert cli.returncode == 2 and cli.stderr.strip() == "error: argument --static-shapes: 'maybe' is not a boolean; valid: true, false"
