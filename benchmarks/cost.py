@@ -33,7 +33,7 @@ COLUMNS = (
     "peak_saved_bytes", "held_bytes", "peak_bytes", "peak_rss_bytes", "step_seconds",
     "device", "threads", "status", "predicted_bytes", "cuda_max_allocated_bytes", "cuda_step_growth_bytes", "repeats",
     "step_seconds_min", "step_seconds_max", "steps_per_repeat", "task", "attn_size", "scorer_init", "tokens_per_step",
-    "replay_group",
+    "replay_group", "static_shapes",
 )  # fmt: skip
 
 
@@ -57,6 +57,8 @@ class CostConfig:
     data_dir: str | None = None
     replay_group: int | None = None
     """sab: segments replayed forward at once (None: the device's default, sab.replay.REPLAY_GROUP)."""
+    static_shapes: bool = False
+    """sab: its shape-static path (sab.model.SABLSTM.first_pass, sab.replay)."""
 
     @property
     def label(self) -> str:

@@ -59,3 +59,15 @@ def test_names_carry_the_grid_point():
     assert cell.name == "sab__seq_len=30__k_top=3__seed=2"
     plain = Cell("s", "quick", TrialSpec(method="bptt", seq_len=30, seed=2), axes=("method", "seq_len", "k_top", "seed"))
     assert plain.name == "bptt__seq_len=30__seed=2"
+
+
+def test_clean_timing_times_the_engine_path_the_cells_ran():
+    """The timing pass measures sab with its cells' replay group and shape-static path (execution
+    fields: not in the cell id, but they change the step's cost)."""
+    from harness.timing import timing_configs
+
+    plain = TrialSpec(method="sab", seq_len=20)
+    tuned = dataclasses.replace(plain, replay_group=4, static_shapes=True)
+    assert cell_id(plain, "quick") == cell_id(tuned, "quick")
+    configs = timing_configs([Cell("s", "quick", plain), Cell("s", "quick", tuned)])
+    assert [(c.replay_group, c.static_shapes) for c in configs] == [(None, False), (4, True)]
