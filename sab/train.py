@@ -90,6 +90,9 @@ class TrialSpec:
     eval_interval: int = _field(200, "steps between validation evaluations")
     eval_batches: int = _field(4, "batches of the validation and test sets")
     solved_patience: int = _field(0, "stop once validation accuracy is 1.0 at this many evaluations in a row (0: never)")
+    select_on_validation: bool = _field(
+        False, "report test and transfer figures from the weights of the best validation evaluation, not the last step's"
+    )
     seed: int = _field(0, "seed of initialisation and training data")
     device: str = _field("cpu", "cpu, cuda, cuda:N or auto (CUDA when present)")
     threads: int = _field(1, "torch CPU threads of this trial", role="execution")
@@ -132,6 +135,8 @@ class TrialSpec:
             isinstance(self.replay_group, bool) or not isinstance(self.replay_group, int) or self.replay_group < 1
         ):
             raise ValueError(f"replay_group must be an integer >= 1 or None (the device's default), got {self.replay_group!r}")
+        if not isinstance(self.select_on_validation, bool):
+            raise ValueError(f"select_on_validation must be true or false, got {self.select_on_validation!r}")
         if not isinstance(self.static_shapes, bool):
             raise ValueError(f"static_shapes must be true or false, got {self.static_shapes!r}")
         if self.attn_size is not None and self.attn_size < 1:
@@ -190,6 +195,7 @@ class TrialResult:
     threads: int = 1
     replay_group: int = 0  # the sab engine's, resolved for the device (0: the method has none)
     static_shapes: bool = False  # the sab engine ran its shape-static path
+    selected_step: int = 0  # the evaluation whose weights gave the final figures (select_on_validation; 0: the last step's)
     torch_version: str = torch.__version__
     attention: list[list[float]] = field(default_factory=list)  # (L, n_mem) weights of one test sequence (attention models)
     attention_marks: dict = field(default_factory=dict)  # what the task says its map should mark (Task.attention_marks)
@@ -316,6 +322,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
         for key, value in saved["result"].items():
             setattr(result, key, value)
         print(f"resumed from checkpoint {spec.checkpoint_path} at step {saved['step']}", file=sys.stderr, flush=True)
+    best = saved.get("best") if saved is not None else None  # (score, step, weights) of the best validation so far
     rss_before = rss_peak_reset()
     started = time.monotonic() - elapsed_before
     checkpointer.listen()
@@ -343,6 +350,8 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     point.update({f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()})
                     result.curve.append(point)
                     report(point)
+                    if spec.select_on_validation:
+                        best = _better(best, point, model)
                     if _solved(result.curve, spec.solved_patience):
                         result.stop_reason = "solved"
                         break
@@ -354,9 +363,8 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     timer.settle()
                     partial = {k: getattr(result, k) for k in _RESUMED_FIELDS}
                     timing = (timer.total_seconds, timer.timed_seconds, timer.steps, timer.timed_steps)
-                    checkpointer.save(
-                        training_state(model, optimizer, generator, step, time.monotonic() - started, {"timer": timing, "result": partial})
-                    )
+                    extra = {"timer": timing, "result": partial, "best": best}
+                    checkpointer.save(training_state(model, optimizer, generator, step, time.monotonic() - started, extra))
     finally:
         checkpointer.restore_handlers()
     timer.settle()
@@ -367,10 +375,23 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     result.train_seconds = timer.total_seconds
     result.seconds_per_step = timer.seconds_per_step
     result.tokens_per_second = spec.batch_size * task.length / result.seconds_per_step
+    if best is not None and result.status == "ok":
+        model.load_state_dict(best[2])
+        result.selected_step = best[1]
     _final_metrics(spec, task, model, result, val_set, test_set, device, dtype)
     if spec.weights_path:
         save_weights(model, spec, spec.weights_path)
     checkpointer.remove()
+
+
+def _better(best: tuple | None, point: dict[str, float], model) -> tuple:
+    """The best (score, step, weights) after an evaluation: validation accuracy where the task has
+    one, else the lowest validation loss; ties keep the earlier."""
+    score = point["val_accuracy"] if "val_accuracy" in point else -point.get("val_loss", math.inf)
+    score = score if math.isfinite(score) else -math.inf
+    if best is not None and not score > best[0]:
+        return best
+    return score, point["step"], {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _solved(curve: list[dict[str, float]], patience: int) -> bool:

@@ -137,3 +137,29 @@ def test_static_shapes_is_recorded_and_a_bad_value_is_one_line():
         TrialSpec(static_shapes="yes").validate()
     cli = subprocess.run([sys.executable, "-m", "sab.train", "--static-shapes", "maybe"], capture_output=True, text=True)
     assert cli.returncode == 2 and cli.stderr.strip() == "error: argument --static-shapes: 'maybe' is not a boolean; valid: true, false"
+
+
+def test_select_on_validation_reports_the_best_evaluations_weights():
+    """Model selection on validation: the final figures come from the weights of the best
+    validation evaluation (the earliest of equals), so a collapse in the last steps does not decide
+    the result; off by default (the last step's weights)."""
+    sizes = dict(TINY, hidden_size=16, batch_size=8, steps=60, eval_interval=10)
+    result = run_trial(TrialSpec(method="sab", select_on_validation=True, lr=0.05, **sizes))
+    assert result.status == "ok", result.traceback
+    best = max(result.curve, key=lambda point: point["val_accuracy"])
+    assert result.selected_step == best["step"] < 60  # this seed's validation recall drops after its best
+    assert result.metrics["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-9)
+    last = run_trial(TrialSpec(method="sab", lr=0.05, **sizes))
+    assert last.selected_step == 0 and last.metrics["val_accuracy"] == pytest.approx(result.curve[-1]["val_accuracy"], abs=1e-9)
+    with pytest.raises(ValueError, match="select_on_validation must be true or false"):
+        TrialSpec(select_on_validation=1).validate()
+
+
+def test_the_best_weights_survive_a_checkpoint_read_with_weights_only(tmp_path):
+    from sab.checkpoint import Checkpointer
+
+    weights = {"w": torch.ones(2)}
+    checkpointer = Checkpointer(str(tmp_path / "state.pt"), 1)
+    checkpointer.save({"step": 3, "best": (0.5, 3, weights)})
+    score, step, loaded = checkpointer.load()["best"]
+    assert (score, step) == (0.5, 3) and torch.equal(loaded["w"], weights["w"])
