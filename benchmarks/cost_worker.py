@@ -17,7 +17,7 @@ import torch
 
 from sab.measure import MemoryMeter, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset, synchronize
 from sab.methods import KNOBS, METHODS, build_model
-from sab.replay import default_replay_group
+from sab.replay import set_engine_options
 from sab.tasks import make_task
 from sab.tasks.base import Batch, cross_entropy, one_hot
 
@@ -60,8 +60,7 @@ class Worker:
             self.batch = make_batch(config["batch_size"], config["seq_len"], self.device)
         self.model = build_model(config["method"], sizes[0], config["hidden_size"], sizes[1], **knobs).to(self.device)
         if METHODS[config["method"]].replays:  # the trial's rule: the config's replay group, else the device's
-            self.model.replay_group = config.get("replay_group") or default_replay_group(self.device)
-            self.model.static_shapes = bool(config.get("static_shapes", False))
+            set_engine_options(self.model, self.device, config.get("replay_group"), bool(config.get("static_shapes", False)))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.engine = METHODS[config["method"]].engine
 

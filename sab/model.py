@@ -135,18 +135,15 @@ class SABLSTM(_Recurrent):
         k_att: int = 10,
         attn_size: int | None = None,
         scorer_init: str = "zero",
-        replay_group: int = 1,
     ) -> None:
         super().__init__(input_size, hidden_size)
         if k_top is not None and k_top < 1:
             raise ValueError(f"k_top must be >= 1 (or None for dense attention), got {k_top}")
         if k_att < 1:
             raise ValueError(f"k_att must be >= 1, got {k_att}")
-        if replay_group < 1:
-            raise ValueError(f"replay_group must be >= 1, got {replay_group}")
         self.k_top = k_top
         self.k_att = k_att
-        self.replay_group = replay_group  # the sab engine's segments replayed forward at once (sab.replay)
+        self.replay_group = 1  # the sab engine's segments replayed forward at once (sab.replay)
         self.static_shapes = False  # the sab engine's shape-static path (first_pass, sab.replay): what a CUDA graph needs
         self.attn_size = attn_size or hidden_size
         self.scorer = Scorer(hidden_size, self.attn_size, scorer_init)

@@ -166,6 +166,13 @@ def default_replay_group(device: torch.device) -> int:
     return REPLAY_GROUP.get(device.type, 1)
 
 
+def set_engine_options(model: SABLSTM, device: torch.device, replay_group: int | None, static_shapes: bool) -> None:
+    """The sab engine's execution options on a model: the replay group (None: the device's default)
+    and the shape-static path; a trial and the cost benchmark set them the same way."""
+    model.replay_group = replay_group or default_replay_group(device)
+    model.static_shapes = static_shapes
+
+
 def _groups(live: list[bool], L: int, k_trunc: int, sparse_from: int, group: int) -> list[list[int]]:
     """The live segments in replay order (last first), in groups of up to `group` ascending indices.
 

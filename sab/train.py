@@ -26,7 +26,7 @@ import torch
 from sab.checkpoint import Checkpointer, restore, training_state
 from sab.measure import MemoryMeter, StepTimer, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset
 from sab.methods import METHOD_NAMES, METHODS, Knobs, ModelShape
-from sab.replay import default_replay_group
+from sab.replay import set_engine_options
 from sab.sparse_attention import SCORER_INITS
 from sab.tasks import TASKS, Task, make_task
 
@@ -135,10 +135,9 @@ class TrialSpec:
             isinstance(self.replay_group, bool) or not isinstance(self.replay_group, int) or self.replay_group < 1
         ):
             raise ValueError(f"replay_group must be an integer >= 1 or None (the device's default), got {self.replay_group!r}")
-        if not isinstance(self.select_on_validation, bool):
-            raise ValueError(f"select_on_validation must be true or false, got {self.select_on_validation!r}")
-        if not isinstance(self.static_shapes, bool):
-            raise ValueError(f"static_shapes must be true or false, got {self.static_shapes!r}")
+        for name in ("static_shapes", "select_on_validation"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.attn_size is not None and self.attn_size < 1:
             raise ValueError(f"attn_size must be >= 1 or None, got {self.attn_size!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -272,8 +271,7 @@ def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype)
     torch.manual_seed(spec.seed)
     model = build_model(spec, task).to(device=device, dtype=dtype)
     if METHODS[spec.method].replays:
-        model.replay_group = spec.replay_group or default_replay_group(device)
-        model.static_shapes = spec.static_shapes
+        set_engine_options(model, device, spec.replay_group, spec.static_shapes)
     return model
 
 
