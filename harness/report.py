@@ -54,11 +54,22 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
             rows[column[len("params.") :]] = runs[column]
         elif column.startswith("metrics.") and not column.startswith("metrics.curve_"):
             rows[column[len("metrics.") :]] = runs[column]
-    for tag in ("executor", "concurrency", "threads", "device", "device_name", "git_sha", "error_type", "error"):
+    for tag in (
+        "executor",
+        "concurrency",
+        "threads",
+        "device",
+        "device_name",
+        "git_sha",
+        "error_type",
+        "error",
+        "selected_step",
+        "stop_reason",
+    ):
         rows[tag] = runs.get(f"tags.{tag}")
     rows["run_id"] = runs["run_id"]
     rows["parent_run_id"] = runs.get("tags.mlflow.parentRunId")
-    for column in NUMERIC_PARAMS + ("concurrency", "threads"):
+    for column in NUMERIC_PARAMS + ("concurrency", "threads", "selected_step"):
         if column in rows:
             rows[column] = pd.to_numeric(rows[column], errors="coerce")
     return rows.sort_values([c for c in ("method", "seq_len", "seed") if c in rows]).reset_index(drop=True)
@@ -159,6 +170,31 @@ def memory_table(cells: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
         row["peak MiB"] = _fmt(group.get("peak_bytes", pd.Series(dtype=float)), 1 / MiB, 2)
         row["peak RSS MiB"] = _fmt(group.get("peak_rss_bytes", pd.Series(dtype=float)), 1 / MiB, 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def stopping_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per method x seq_len: how the ok cells stopped (the step budget, or solved early) and, with
+    select_on_validation, the steps whose weights gave their test figures (mean [min, max])."""
+    keys = _group_keys(cells)
+    ok = cells[cells["status"] == "ok"]
+    if ok.empty or "steps_done" not in ok:
+        return pd.DataFrame()
+    rows = []
+    for values, group in ok.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        done = pd.to_numeric(group["steps_done"], errors="coerce")
+        solved = (
+            (group["stop_reason"] == "solved") if "stop_reason" in group and group["stop_reason"].notna().any() else done < group["steps"]
+        )
+        row["stopped"] = f"{int(solved.sum())} solved, {int((~solved).sum())} at the step budget (of {len(group)})"
+        row["steps done"] = f"{done.mean():.0f} [{done.min():.0f}, {done.max():.0f}]"
+        selected = pd.to_numeric(group.get("selected_step", pd.Series(dtype=float)), errors="coerce").dropna()
+        selected = selected[selected > 0]
+        row["test figures from step"] = (
+            f"{selected.mean():.0f} [{selected.min():.0f}, {selected.max():.0f}] (n={len(selected)})" if len(selected) else "the last"
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -457,6 +493,15 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         "", _markdown(reaching) if not reaching.empty else "_No validation curves recorded._",
         "", "## Learning rates", "", *lr_provenance(cells, config),
     ]  # fmt: skip
+    stopping = stopping_table(cells)
+    if not stopping.empty:
+        lines += [
+            "", "## Stopping and model selection", "",
+            "How each cell stopped: solved (validation accuracy 1.0 at solved_patience evaluations in a row) or at the step "
+            "budget; with select_on_validation, the training step whose weights (the best validation evaluation) gave the "
+            "test and transfer figures, mean [min, max] over the cells (docs/design.md).",
+            "", _markdown(stopping),
+        ]  # fmt: skip
     if not timing.empty:
         lines += ["", "## Time of cells run one at a time", "", _markdown(timing)]
     if not failures.empty:

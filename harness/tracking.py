@@ -339,7 +339,7 @@ class Tracker:
             "device_name": result.device_name, "executor": outcome.executor, "concurrency": str(outcome.concurrency),
             "threads": str(outcome.threads), "error_type": result.error_type, "python": sys.version.split()[0],
             "replay_group": str(result.replay_group), "static_shapes": str(result.static_shapes),
-            "selected_step": str(result.selected_step),
+            "selected_step": str(result.selected_step), "stop_reason": result.stop_reason,
             "location": outcome.location,
             "mlflow.source.git.commit": git_sha().removesuffix("-dirty"),
         }  # fmt: skip

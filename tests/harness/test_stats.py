@@ -8,7 +8,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from harness.config import load_sweep
-from harness.report import contrast, main_table
+from harness.report import contrast, main_table, stopping_table
 from harness.stats import difference, estimate
 
 
@@ -62,3 +62,24 @@ def test_transfer_lengths_get_their_own_contrast_lines_and_oom_is_shown_as_a_res
     table = main_table(cells, config).set_index("method")
     assert table.loc["self_attention", "acc@T=1000"] == "OOM (3 of 3)"
     assert table.loc["sab", "acc@T=1000"].startswith("0.600 [")
+
+
+def test_the_stopping_table_counts_solved_cells_and_gives_the_selected_steps():
+    cells = pd.DataFrame(
+        {
+            "method": ["sab"] * 3 + ["bptt"] * 3,
+            "seq_len": [30] * 6,
+            "status": ["ok", "ok", "ok", "ok", "ok", "crashed"],
+            "steps": [8000] * 6,
+            "steps_done": [6500, 8000, 8000, 8000, 8000, 100],
+            "stop_reason": ["solved", "steps", "steps", "steps", "steps", "crashed"],
+            "selected_step": [6500, 4000, 7500, 0, 0, 0],
+        }
+    )
+    rows = stopping_table(cells).set_index("method")
+    assert rows.loc["sab", "stopped"] == "1 solved, 2 at the step budget (of 3)"
+    assert rows.loc["sab", "test figures from step"] == "6000 [4000, 7500] (n=3)"
+    assert rows.loc["bptt", "stopped"] == "0 solved, 2 at the step budget (of 2)"  # the crashed cell is not a stop
+    assert rows.loc["bptt", "test figures from step"] == "the last"
+    older = cells.drop(columns="stop_reason")  # cells logged before stop_reason was a tag: a short run was solved
+    assert stopping_table(older).set_index("method").loc["sab", "stopped"] == "1 solved, 2 at the step budget (of 3)"

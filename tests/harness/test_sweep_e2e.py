@@ -65,6 +65,9 @@ def test_report_main_table_matches_the_runs(smoke):
         shown = float(str(row.accuracy).split(" ")[0])
         assert shown == pytest.approx(want[(row.method, str(row.seq_len))], abs=5e-4)
     assert "paper (as quoted)" in table.columns
+    cells = pd.read_csv(report / "cells.csv")  # how each cell stopped, and whose weights gave its figures (0: the last step's)
+    assert set(cells["stop_reason"]) == {"steps"} and set(cells["selected_step"]) == {0}
+    assert "## Stopping and model selection" in (report / "report.md").read_text()
     # the same files are artifacts of the parent run
     parent = runs["tags.mlflow.parentRunId"].iloc[0]
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(parent)}
