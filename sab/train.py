@@ -42,6 +42,9 @@ DIVERGENCE_FACTOR, DIVERGENCE_FLOOR = 100.0, 0.1
 FAULTS = ("", "nan", "oom", "sleep", "raise", "exit", "transfer_oom")
 """Faults a trial can inject into itself, so tests drive the harness's failure paths for real."""
 DTYPES = ("float32", "float64")
+BIAS_INITS = ("default", "zero")
+"""`default`: each layer's own initialisation (PyTorch's U(±1/√fan_in) for LSTM and Linear biases);
+`zero`: every bias of the model zero at start, for every method alike (sweeps/sab_defaults.yaml)."""
 
 
 ROLES = ("experiment", "method", "execution")
@@ -71,6 +74,7 @@ class TrialSpec:
     scorer_init: str = _field(
         _KNOB.scorer_init, "scorer initialisation: uniform (w ~ U(±A^-1/2)) or zero (w = 0, b = 0)", role="method", choices=SCORER_INITS
     )
+    bias_init: str = _field("default", "biases at start: default (each layer's own) or zero (every bias, every method)", choices=BIAS_INITS)
     k_trunc: int = _field(_KNOB.k_trunc, "local backprop window: the state is detached every k_trunc steps", role="method")
     k_top: int = _field(_KNOB.k_top, "memories attended per step (sab)", role="method")
     k_att: int = _field(_KNOB.k_att, "a memory is written every k_att steps (sab)", role="method")
@@ -114,6 +118,8 @@ class TrialSpec:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHOD_NAMES)}")
         if self.scorer_init not in SCORER_INITS:
             raise ValueError(f"unknown scorer_init {self.scorer_init!r}; valid: {', '.join(SCORER_INITS)}")
+        if self.bias_init not in BIAS_INITS:
+            raise ValueError(f"unknown bias_init {self.bias_init!r}; valid: {', '.join(BIAS_INITS)}")
         if not isinstance(self.solved_patience, int) or self.solved_patience < 0:
             raise ValueError(f"solved_patience must be an integer >= 0, got {self.solved_patience!r}")
         for name in (
@@ -276,8 +282,14 @@ def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype)
 
 
 def build_model(spec: TrialSpec, task: Task) -> torch.nn.Module:
-    """The (unseeded) model of a spec's method for a task's sizes."""
-    return METHODS[spec.method].build(ModelShape(task.input_size, spec.hidden_size, task.output_size), Knobs.of(spec))
+    """The (unseeded) model of a spec's method for a task's sizes, its biases as `bias_init` says."""
+    model = METHODS[spec.method].build(ModelShape(task.input_size, spec.hidden_size, task.output_size), Knobs.of(spec))
+    if spec.bias_init == "zero":  # after the draws: every weight stays as the default draws it
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "bias" in name.rsplit(".", 1)[-1]:  # bias, bias_ih_l0, in_proj_bias
+                    parameter.zero_()
+    return model
 
 
 def run_trial(spec: TrialSpec, on_report: Callable[[dict], None] | None = None) -> TrialResult:

@@ -163,3 +163,24 @@ def test_the_best_weights_survive_a_checkpoint_read_with_weights_only(tmp_path):
     checkpointer.save({"step": 3, "best": (0.5, 3, weights)})
     score, step, loaded = checkpointer.load()["best"]
     assert (score, step) == (0.5, 3) and torch.equal(loaded["w"], weights["w"])
+
+
+@pytest.mark.parametrize("method", ["bptt", "sab", "self_attention", "transformer"])
+def test_zero_bias_init_zeroes_every_bias_and_keeps_every_weight(method):
+    """bias_init=zero: every bias of the model is zero at start and every other parameter is the
+    default draw of the same seed (the zeroing comes after the draws), for every method alike."""
+    from sab.train import build
+
+    task = make_task("copy", 5, None, 0)
+    default = build(TrialSpec(method=method, **TINY), task, torch.device("cpu"), torch.float32)
+    zero = build(TrialSpec(method=method, bias_init="zero", **TINY), task, torch.device("cpu"), torch.float32)
+    biases = 0
+    for (name, before), (_, after) in zip(default.named_parameters(), zero.named_parameters(), strict=True):
+        if "bias" in name.rsplit(".", 1)[-1]:
+            biases += 1
+            assert torch.count_nonzero(after) == 0, name
+        else:
+            assert torch.equal(before, after), name
+    assert biases >= 3
+    with pytest.raises(ValueError, match="unknown bias_init 'small'; valid: default, zero"):
+        TrialSpec(bias_init="small").validate()
