@@ -31,8 +31,33 @@ from harness.tracking import Tracker
 from sab.methods import METHODS, REFERENCES, SUBJECT
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES
 
-GROUP_CANDIDATES = ("task", "seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "scorer_init", "batch_size", "steps")
+GROUP_CANDIDATES = (
+    "task",
+    "seq_len",
+    "k_trunc",
+    "k_att",
+    "k_top",
+    "hidden_size",
+    "attn_size",
+    "scorer_init",
+    "bias_init",
+    "batch_size",
+    "steps",
+)
 NUMERIC_PARAMS = ("seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps", "seed", "lr")
+CELL_TAGS = (
+    "executor",
+    "concurrency",
+    "threads",
+    "device",
+    "device_name",
+    "git_sha",
+    "error_type",
+    "error",
+    "selected_step",
+    "stop_reason",
+)
+"""The MLflow tags of a cell run that become cells.csv columns (provenance, failure, model selection)."""
 PAPER_COLUMN = "paper (as quoted)"
 MiB = 2**20
 
@@ -54,18 +79,7 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
             rows[column[len("params.") :]] = runs[column]
         elif column.startswith("metrics.") and not column.startswith("metrics.curve_"):
             rows[column[len("metrics.") :]] = runs[column]
-    for tag in (
-        "executor",
-        "concurrency",
-        "threads",
-        "device",
-        "device_name",
-        "git_sha",
-        "error_type",
-        "error",
-        "selected_step",
-        "stop_reason",
-    ):
+    for tag in CELL_TAGS:
         rows[tag] = runs.get(f"tags.{tag}")
     rows["run_id"] = runs["run_id"]
     rows["parent_run_id"] = runs.get("tags.mlflow.parentRunId")
