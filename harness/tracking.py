@@ -49,14 +49,27 @@ def default_uri(results_dir: Path) -> str:
 
 @functools.cache
 def git_sha() -> str:
-    """HEAD of the project's checkout (with -dirty when the tree has changes), or 'unknown'; read
+    """HEAD of the project's checkout (with -dirty when its code has changes), or 'unknown'; read
     once per driver, so every cell of an invocation carries the code it started with, even when a
     commit lands while it runs."""
-    root = Path(__file__).resolve().parent.parent
+    return checkout_state(Path(__file__).resolve().parent.parent)
+
+
+GENERATED = ("results",)
+"""Folders the sweeps themselves write (committed reports among them): changes there do not make
+the code -dirty, or every sweep after the first in a checkout would read as uncommitted code."""
+
+
+def checkout_state(root: Path) -> str:
+    """`SHA` or `SHA-dirty` of the git checkout at `root` (tracked files outside GENERATED), or 'unknown'."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){g}" for g in GENERATED)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -41,3 +41,27 @@ def test_a_kept_report_uploads_nothing(tmp_path):
     tracker.open()
     report = write_report(smoke, tracker, tmp_path)
     assert report.files == () and report.path.read_text() == "# the committed report\n"
+
+
+def test_a_changed_committed_report_does_not_make_the_code_dirty(tmp_path):
+    """A sweep rewrites the committed reports under results/: the next sweep in that checkout
+    still runs the commit's code, so its git tag must not read -dirty; a code change must."""
+    import subprocess
+
+    from harness.tracking import checkout_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "report.md").write_text("first\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    sha = checkout_state(tmp_path)
+    assert len(sha) == 40
+    (tmp_path / "results" / "report.md").write_text("rewritten by a sweep\n")
+    assert checkout_state(tmp_path) == sha
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert checkout_state(tmp_path) == f"{sha}-dirty"
