@@ -19,7 +19,7 @@ from typing import Any
 from harness.config import SweepConfig, SweepError
 from sab import METHOD_VERSION
 from sab.methods import METHODS
-from sab.train import TrialSpec, spec_fields
+from sab.train import TrialSpec, resolved_scorer_init, spec_fields
 
 SCHEMA_VERSION = 1
 """Bumped by hand when what a cell records changes shape."""
@@ -35,9 +35,13 @@ def _ignored(method: str, name: str) -> bool:
 
 
 def canonical(spec: TrialSpec) -> TrialSpec:
-    """The spec with the method parameters its method ignores reset to their defaults."""
+    """The spec with the method parameters its method ignores reset to their defaults, and an
+    `auto` scorer initialisation resolved for its task (the cell records what it computes)."""
     ignored = {p: getattr(_DEFAULTS, p) for p in METHOD_PARAMS if _ignored(spec.method, p)}
-    return dataclasses.replace(spec, **ignored)
+    spec = dataclasses.replace(spec, **ignored)
+    if spec.scorer_init == "auto" and not _ignored(spec.method, "scorer_init"):
+        spec = dataclasses.replace(spec, scorer_init=resolved_scorer_init(spec.task, spec.method, spec.scorer_init))
+    return spec
 
 
 def identity(spec: TrialSpec, budget: str) -> dict[str, Any]:

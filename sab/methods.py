@@ -32,7 +32,7 @@ class Knobs:
     k_top: int = 3
     k_att: int = 5
     attn_size: int | None = None
-    scorer_init: str = "zero"
+    scorer_init: str = "auto"  # resolved per task by sab.train.resolved_scorer_init; without a task, zero
 
     @classmethod
     def of(cls, spec: object) -> Knobs:
@@ -91,11 +91,16 @@ def _lstm(shape: ModelShape, knobs: Knobs) -> nn.Module:
 
 
 def _sab_lstm(shape: ModelShape, knobs: Knobs) -> nn.Module:
-    return SABLSTM(*_sizes(shape), k_top=knobs.k_top, k_att=knobs.k_att, attn_size=knobs.attn_size, scorer_init=knobs.scorer_init)
+    return SABLSTM(*_sizes(shape), k_top=knobs.k_top, k_att=knobs.k_att, attn_size=knobs.attn_size, scorer_init=_scorer_init(knobs))
+
+
+def _scorer_init(knobs: Knobs) -> str:
+    """The model's initialisation: `auto` needs the task (sab.train resolves it first); alone it means zero."""
+    return "zero" if knobs.scorer_init == "auto" else knobs.scorer_init
 
 
 def _dense_lstm(shape: ModelShape, knobs: Knobs) -> nn.Module:
-    return SABLSTM(*_sizes(shape), k_top=None, k_att=1, attn_size=knobs.attn_size, scorer_init=knobs.scorer_init)
+    return SABLSTM(*_sizes(shape), k_top=None, k_att=1, attn_size=knobs.attn_size, scorer_init=_scorer_init(knobs))
 
 
 def _transformer(shape: ModelShape, knobs: Knobs) -> nn.Module:

@@ -15,6 +15,8 @@ from sab.tasks.copy import CopyTask
 GENERATED = {"copy": CopyTask, "adding": AddingTask}
 TASKS = tuple(sorted([*GENERATED, *sequences.LOADERS, *char_lm.LOADERS]))
 """Every task name."""
+EVERY_STEP_SCORED = frozenset({"copy", *char_lm.LOADERS})
+"""Tasks whose loss scores every step; the others (adding, the classifications) score the last step only."""
 
 
 def make_task(name: str, seq_len: int, data_dir: str | None = None, permutation_seed: int = 0) -> Task:
@@ -32,4 +34,4 @@ def make_task(name: str, seq_len: int, data_dir: str | None = None, permutation_
     raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
 
 
-__all__ = ["TASKS", "Task", "make_task"]
+__all__ = ["EVERY_STEP_SCORED", "TASKS", "Task", "make_task"]

@@ -184,3 +184,50 @@ def test_zero_bias_init_zeroes_every_bias_and_keeps_every_weight(method):
     assert biases >= 3
     with pytest.raises(ValueError, match="unknown bias_init 'small'; valid: default, zero"):
         TrialSpec(bias_init="small").validate()
+
+
+def test_every_step_scored_names_the_tasks_whose_loss_scores_every_step():
+    from sab.tasks import EVERY_STEP_SCORED
+
+    for name, length in (("copy", 25), ("adding", 20), ("mnist1d", 40), ("permuted_digits", 64), ("pixel_digits", 64), ("pydoc_chars", 20)):
+        task = make_task(name, length)
+        assert (len(task.positions) == task.length) == (name in EVERY_STEP_SCORED), name
+
+
+@pytest.mark.parametrize(("task", "seq_len"), [("mnist1d", 40), ("adding", 20)])
+def test_auto_scorer_init_keeps_sabs_scorer_alive_where_only_the_last_step_is_scored(task, seq_len):
+    """From w = 0 a last-step loss never reaches w (every score ties past k_top memories and the
+    tie passes no gradient): `zero` leaves w exactly 0 after training, `auto` (uniform there) moves it."""
+    from sab.methods import METHODS
+    from sab.train import build, resolved_scorer_init
+
+    assert resolved_scorer_init(task, "sab", "auto") == "uniform"
+    assert resolved_scorer_init(task, "self_attention", "auto") == "zero"  # dense softmax: no tie
+    assert resolved_scorer_init("copy", "sab", "auto") == "zero"
+    weights = {}
+    for init in ("zero", "auto"):
+        spec = TrialSpec(
+            task=task, method="sab", seq_len=seq_len, hidden_size=16, batch_size=8, k_trunc=4, k_att=4, k_top=2, scorer_init=init
+        )
+        data = make_task(task, seq_len)
+        model = build(spec, data, torch.device("cpu"), torch.float32)
+        start = model.scorer.weight.detach().clone()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(10):
+            optimizer.zero_grad()
+            METHODS["sab"].engine(model, data.sample(8, generator), data.loss, spec.k_trunc)
+            optimizer.step()
+        weights[init] = (start, model.scorer.weight.detach())
+    assert torch.count_nonzero(weights["zero"][1]) == 0
+    assert not torch.equal(weights["auto"][0], weights["auto"][1])
+
+
+def test_a_cell_records_the_scorer_init_auto_resolved_to():
+    from harness.cells import canonical, identity
+
+    sab_copy = canonical(TrialSpec(task="copy", method="sab", seq_len=10))
+    sab_adding = canonical(TrialSpec(task="adding", method="sab", seq_len=10))
+    assert (sab_copy.scorer_init, sab_adding.scorer_init) == ("zero", "uniform")
+    assert identity(TrialSpec(task="adding", method="sab", seq_len=10), "quick")["spec"]["scorer_init"] == "uniform"
+    assert "scorer_init" not in identity(TrialSpec(task="adding", method="bptt", seq_len=10), "quick")["spec"]
