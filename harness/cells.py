@@ -39,7 +39,7 @@ def canonical(spec: TrialSpec) -> TrialSpec:
     `auto` scorer initialisation resolved for its task (the cell records what it computes)."""
     ignored = {p: getattr(_DEFAULTS, p) for p in METHOD_PARAMS if _ignored(spec.method, p)}
     spec = dataclasses.replace(spec, **ignored)
-    if spec.scorer_init == "auto" and not _ignored(spec.method, "scorer_init"):
+    if not _ignored(spec.method, "scorer_init"):
         spec = dataclasses.replace(spec, scorer_init=resolved_scorer_init(spec.task, spec.method, spec.scorer_init))
     return spec
 

@@ -55,17 +55,17 @@ def git_sha() -> str:
     return checkout_state(Path(__file__).resolve().parent.parent)
 
 
-GENERATED = ("results",)
+GENERATED_FOLDERS = ("results",)
 """Folders the sweeps themselves write (committed reports among them): changes there do not make
 the code -dirty, or every sweep after the first in a checkout would read as uncommitted code."""
 
 
 def checkout_state(root: Path) -> str:
-    """`SHA` or `SHA-dirty` of the git checkout at `root` (tracked files outside GENERATED), or 'unknown'."""
+    """`SHA` or `SHA-dirty` of the git checkout at `root` (tracked files outside GENERATED_FOLDERS), or 'unknown'."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){g}" for g in GENERATED)],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){g}" for g in GENERATED_FOLDERS)],
             cwd=root,
             capture_output=True,
             text=True,

@@ -298,7 +298,7 @@ def resolved_scorer_init(task: str, method: str, scorer_init: str) -> str:
     """
     if scorer_init != "auto":
         return scorer_init
-    sparse = "k_top" in METHODS[method].reads if method in METHODS else False
+    sparse = "k_top" in METHODS[method].reads
     return "uniform" if sparse and task not in EVERY_STEP_SCORED else "zero"
 
 
