@@ -85,13 +85,16 @@ def tbptt(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int, m
     state = tuple(s.unsqueeze(0) for s in model.zero_state(x))
     total, all_logits = x.new_zeros(()), []
     scored = scored_steps(batch.positions)  # one read-back per step: the chunks' positions come from it
+    quiet = 0  # the first step of a run of chunks without a scored step, not yet run
     for start in range(0, L, k_trunc):
         stop = min(L, start + k_trunc)
         lo, hi = scored_span(scored, start, stop)
         if lo == hi:
-            with torch.no_grad():
-                _, state = model.lstm(x[:, start:stop], state)
             continue
+        if quiet < start:  # no gradient crosses a chunk without a loss: its run is one fused call
+            with torch.no_grad():
+                _, state = model.lstm(x[:, quiet:start], state)
+        quiet = stop
         out, state = model.lstm(x[:, start:stop], state)
         loss, logits = _loss(model, out[:, batch.positions[lo:hi] - start], batch, slice(lo, hi), loss_fn)
         loss.backward()

@@ -153,12 +153,13 @@ def test_sab_without_memories_is_tbptt_and_with_one_segment_is_bptt():
             assert _max_relative_error(lstm_part(got), want) <= 1e-10, (engine, method)
 
 
-def test_tbptt_equals_one_graph_detach_reference():
+@pytest.mark.parametrize("positions", [None, [2, 17, 22], [21]])  # every step; quiet chunks between (run as one call); the last only
+def test_tbptt_equals_one_graph_detach_reference(positions):
     from sab.credit import _cell_loop
 
     torch.manual_seed(3)
     model = build_model("tbptt", 5, 8, 4).double()
-    batch = _batch(3, 23, 5, 4)
+    batch = _batch(3, 23, 5, 4, positions=positions)
     model.zero_grad()
     _cell_loop(model, batch, cross_entropy, k_trunc=5)
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
