@@ -127,22 +127,22 @@ def test_gpu_request_without_gpus_fails_before_submitting(slurm, fresh_dir):
 
 LONG = """
 fixed: {task: copy, seq_len: 5, hidden_size: 8, batch_size: 4, eval_batches: 1, method: sab, k_trunc: 3, k_att: 2, k_top: 2,
-        steps: 600, eval_interval: 200, checkpoint_every: 50}
+        steps: STEPS, eval_interval: 200, checkpoint_every: 50}
 grid: {seed: [0]}
 budgets: {quick: {}}
 """
 
 
-def _long_sweep(tmp_path: Path) -> tuple[Path, dict]:
+def _long_sweep(tmp_path: Path, steps: int = 600) -> tuple[Path, dict]:
     sweeps = tmp_path / "sweeps"
     sweeps.mkdir()
-    (sweeps / "long.yaml").write_text(LONG)
+    (sweeps / "long.yaml").write_text(LONG.replace("STEPS", str(steps)))
     work = tmp_path / "work"
     work.mkdir()
     return work, {"SAB_SWEEPS_DIR": str(sweeps)}
 
 
-def _reference_metrics() -> dict:
+def _reference_metrics(steps: int) -> dict:
     spec = TrialSpec(
         task="copy",
         seq_len=5,
@@ -153,15 +153,17 @@ def _reference_metrics() -> dict:
         k_trunc=3,
         k_att=2,
         k_top=2,
-        steps=600,
+        steps=steps,
         eval_interval=200,
     )
     return run_trial(spec).metrics
 
 
-@pytest.mark.parametrize("how", ["preemption_signal", "scontrol_requeue"])
-def test_interrupted_trial_resumes_from_its_checkpoint_to_the_same_metrics(slurm, tmp_path, how):
-    work, env = _long_sweep(tmp_path)
+# A requeue's SIGTERM leaves the trial training until Slurm's KillWait (5 s) ends: 2000 steps keep it
+# busy ~15 s past its first checkpoint (at 600, a faster machine finished first and nothing resumed).
+@pytest.mark.parametrize("how,steps", [("preemption_signal", 600), ("scontrol_requeue", 2000)])
+def test_interrupted_trial_resumes_from_its_checkpoint_to_the_same_metrics(slurm, tmp_path, how, steps):
+    work, env = _long_sweep(tmp_path, steps)
     first = cli(["harness.sweep", "long", "--executor", "slurm", "--detach"], work, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     run = _runs(work, "long").iloc[0]
@@ -188,7 +190,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint_to_the_same_metrics(slurm
     assert len(runs) == 1 and runs.iloc[0]["tags.status"] == "ok"
     assert "resumed" in job.stderr() or "resumed" in (job.stdout() or ""), "the job did not resume from a checkpoint"
     got = {k[len("metrics.") :]: v for k, v in runs.iloc[0].items() if k.startswith("metrics.") and not k.startswith("metrics.curve_")}
-    want = _reference_metrics()
+    want = _reference_metrics(steps)
     for key in ("accuracy", "loss", "val_accuracy", "val_loss"):
         assert got[key] == pytest.approx(want[key], rel=1e-6), key
 
