@@ -33,7 +33,7 @@ COLUMNS = (
     "peak_saved_bytes", "held_bytes", "peak_bytes", "peak_rss_bytes", "step_seconds",
     "device", "threads", "status", "predicted_bytes", "cuda_max_allocated_bytes", "cuda_step_growth_bytes", "repeats",
     "step_seconds_min", "step_seconds_max", "steps_per_repeat", "task", "attn_size", "scorer_init", "tokens_per_step",
-    "replay_group", "static_shapes",
+    "replay_group", "static_shapes", "cuda_graphs",
 )  # fmt: skip
 
 
@@ -59,11 +59,15 @@ class CostConfig:
     """sab: segments replayed forward at once (None: the device's default, sab.replay.REPLAY_GROUP)."""
     static_shapes: bool = False
     """sab: its shape-static path (sab.model.SABLSTM.first_pass, sab.replay)."""
+    cuda_graphs: str = "off"
+    """on: each step captured once as a CUDA graph and replayed (sab.graphs; sab then runs static_shapes). The
+    row's column says what ran: captured, eager (no CUDA device), failed: why."""
 
     @property
     def label(self) -> str:
-        """The method, with the replay group when one is named (two sab rows can differ only in it)."""
-        return self.method if self.replay_group is None else f"{self.method} (group {self.replay_group})"
+        """The method, with the replay group when one is named and "graphed" when asked (rows can differ only in them)."""
+        label = self.method if self.replay_group is None else f"{self.method} (group {self.replay_group})"
+        return label + (" graphed" if self.cuda_graphs == "on" else "")
 
 
 def predicted_bytes(c: CostConfig) -> int:
@@ -131,6 +135,7 @@ def measure(configs: list[CostConfig], repeats: int, steps: int = 1, log=print) 
             row = dict(
                 asdict(config),
                 label=config.label,
+                graphs_asked=config.cuda_graphs,
                 predicted_bytes=predicted_bytes(config),
                 repeats=repeats,
                 steps_per_repeat=steps,
@@ -178,7 +183,7 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 def table(rows: list[dict]) -> str:
     """A Markdown table: memory and time per engine and length, with ratios to bptt and bptt_cell."""
-    by = {(r["method"], r["seq_len"]): r for r in rows}
+    by = {(r["method"], r["seq_len"], r.get("graphs_asked", "off")): r for r in rows}  # a graphed row is divided by graphed references
     lines = [
         "| T | method | peak MiB | /bptt | /bptt_cell | RSS MiB | s/step | /bptt | /bptt_cell |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -191,7 +196,8 @@ def table(rows: list[dict]) -> str:
         return "—" if value != value else f"{value:.3f}"
 
     for r in rows:
-        base, cell = (by.get((name, r["seq_len"])) for name in COST_REFERENCES)
+        asked = r.get("graphs_asked", "off")
+        base, cell = (by.get((name, r["seq_len"], asked)) or by.get((name, r["seq_len"], "off")) for name in COST_REFERENCES)
         if r.get("status") != "ok":
             lines.append(f"| {r['seq_len']} | {r.get('label', r['method'])} | {r.get('status')} | | | | | | |")
             continue
@@ -221,12 +227,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replay-groups", type=int, nargs="+", default=None, help="sab: one row per replay group (default: the device's, one row)"
     )
+    parser.add_argument(
+        "--cuda-graphs",
+        nargs="+",
+        default=["off"],
+        choices=["off", "on"],
+        help="one row per choice: eager steps, or each captured as a CUDA graph",
+    )
     args = parser.parse_args(argv)
     configs = [
-        CostConfig(m, t, args.hidden_size, args.batch_size, args.k_trunc, args.k_att, args.k_top, args.device, args.threads, replay_group=g)
+        CostConfig(
+            m,
+            t,
+            args.hidden_size,
+            args.batch_size,
+            args.k_trunc,
+            args.k_att,
+            args.k_top,
+            args.device,
+            args.threads,
+            replay_group=g,
+            cuda_graphs=graphs,
+        )
         for t in args.lengths
         for m in args.methods
         for g in ((args.replay_groups or [None]) if METHODS[m].replays else [None])
+        for graphs in args.cuda_graphs
     ]
     rows = measure(configs, args.repeats, args.steps, log=lambda s: print(s, file=sys.stderr, flush=True))
     write_csv(rows, args.out)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from sab.graphs import WARMUP, GraphedStep, graphs_wanted
 from sab.measure import MemoryMeter, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset, synchronize
 from sab.methods import KNOBS, METHODS, build_model
 from sab.replay import set_engine_options
@@ -59,26 +60,39 @@ class Worker:
             sizes, self.loss = (CLASSES, CLASSES), cross_entropy
             self.batch = make_batch(config["batch_size"], config["seq_len"], self.device)
         self.model = build_model(config["method"], sizes[0], config["hidden_size"], sizes[1], **knobs).to(self.device)
-        if METHODS[config["method"]].replays:  # the trial's rule: the config's replay group, else the device's
-            set_engine_options(self.model, self.device, config.get("replay_group"), bool(config.get("static_shapes", False)))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        graphed = graphs_wanted(config.get("cuda_graphs", "off"), self.device)
+        if METHODS[config["method"]].replays:  # the trial's rule: the config's replay group, else the device's; a graph needs static shapes
+            static = bool(config.get("static_shapes", False)) or graphed
+            set_engine_options(self.model, self.device, config.get("replay_group"), static)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, capturable=graphed and self.device.type == "cuda")
         self.engine = METHODS[config["method"]].engine
+        self.graphed = GraphedStep(self._one_step, self.device, torch.float32) if graphed else None  # a trial's graphed step
+        if self.graphed is not None:
+            self.graphed.load(self.batch)
 
-    def step(self, meter=None) -> None:
-        """One training step: zero grads, the engine's forward and backward, the optimizer."""
+    def _one_step(self, batch: Batch, meter=None) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if meter is None:
-            self.engine(self.model, self.batch, self.loss, self.config["k_trunc"])
+            self.engine(self.model, batch, self.loss, self.config["k_trunc"])
         else:
             with meter:
-                self.engine(self.model, self.batch, self.loss, self.config["k_trunc"], meter)
+                self.engine(self.model, batch, self.loss, self.config["k_trunc"], meter)
         self.optimizer.step()
+
+    def step(self, meter=None) -> None:
+        """One training step: zero grads, the engine's forward and backward, the optimizer (replayed as a graph when asked)."""
+        if self.graphed is not None:
+            self.graphed.run(meter)
+        else:
+            self._one_step(self.batch, meter)
 
     def memory(self) -> dict:
         """Warm up, then one step under the saved-tensor meter and one under the RSS (and CUDA) peak."""
         self.step()
         meter = MemoryMeter(self.model.parameters())
         self.step(meter)
+        for _ in range(WARMUP if self.graphed is not None else 0):  # a graphed step is captured before anything is timed
+            self.step()
         _trim()
         base = rss_peak_reset()
         with cuda_peak(self.device) as cuda:
@@ -91,6 +105,8 @@ class Worker:
             "peak_rss_bytes": max(0, rss_peak_bytes() - base),
             "cuda_max_allocated_bytes": cuda.get("cuda_max_allocated_bytes", 0),
             "cuda_step_growth_bytes": cuda.get("cuda_step_growth_bytes", 0),
+            "cuda_graphs": self.graphed.state if self.graphed is not None else "off",
+            "static_shapes": bool(getattr(self.model, "static_shapes", False)),
         }
 
     def time(self, steps: int) -> float:

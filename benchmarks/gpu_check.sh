@@ -4,7 +4,8 @@
 # 1. sab vs sab_reference gradient parity on CUDA;
 # 2. the cost benchmark on CUDA (cuDNN bptt, bptt_cell, tbptt, self_attention, sab_reference, sab)
 #    at T = 300, 1000, 5000 - what cannot fit, or would take minutes, is skipped and marked;
-# the cost tables are printed last (also results/cost/gpu_cost_short.csv and gpu_cost_5000.csv).
+# 3. eager against whole-step CUDA graphs (--cuda-graphs off on) at T = 1000;
+# the cost tables are printed last (also results/cost/gpu_cost_short.csv, gpu_cost_5000.csv and gpu_cost_graphs.csv).
 # A parity failure does not stop the costs: they are measured and printed, and the script exits 1.
 # Every engine runs in float32 without TF32 (sab.measure.full_float32), cuDNN's included.
 set -uo pipefail
@@ -22,9 +23,15 @@ short=$?
 "$PY" -m benchmarks.cost --device cuda --repeats 3 --lengths 5000 --methods bptt bptt_cell tbptt sab \
   --out results/cost/gpu_cost_5000.csv > /tmp/sab_gpu_5000.md
 long=$?
+# Eager against whole-step CUDA graphs (sab.graphs), side by side: the rows' cuda_graphs column says whether the capture held.
+"$PY" -m benchmarks.cost --device cuda --repeats 3 --lengths 1000 --methods bptt bptt_cell tbptt sab --cuda-graphs off on \
+  --out results/cost/gpu_cost_graphs.csv > /tmp/sab_gpu_graphs.md
+graphs=$?
 echo
 echo "skipped at T=5000 (run time, not memory): self_attention, sab_reference"
 cat /tmp/sab_gpu_short.md
 tail -n +3 /tmp/sab_gpu_5000.md
-echo "parity: $([ $parity -eq 0 ] && echo ok || echo FAILED); costs: results/cost/gpu_cost_short.csv (exit $short), results/cost/gpu_cost_5000.csv (exit $long)"
-[ $parity -eq 0 ] && [ $short -eq 0 ] && [ $long -eq 0 ]
+cat /tmp/sab_gpu_graphs.md
+"$PY" -c "import csv; [print(r['method'], r['seq_len'], 'cuda_graphs:', r['cuda_graphs']) for r in csv.DictReader(open('results/cost/gpu_cost_graphs.csv'))]"
+echo "parity: $([ $parity -eq 0 ] && echo ok || echo FAILED); costs: results/cost/gpu_cost_short.csv (exit $short), results/cost/gpu_cost_5000.csv (exit $long), results/cost/gpu_cost_graphs.csv (exit $graphs)"
+[ $parity -eq 0 ] && [ $short -eq 0 ] && [ $long -eq 0 ] && [ $graphs -eq 0 ]

@@ -351,7 +351,7 @@ class Tracker:
             "status": result.status, "git_sha": git_sha(), "torch_version": result.torch_version, "device": result.device,
             "device_name": result.device_name, "executor": outcome.executor, "concurrency": str(outcome.concurrency),
             "threads": str(outcome.threads), "error_type": result.error_type, "python": sys.version.split()[0],
-            "replay_group": str(result.replay_group), "static_shapes": str(result.static_shapes),
+            "replay_group": str(result.replay_group), "static_shapes": str(result.static_shapes), "cuda_graphs": result.cuda_graphs,
             "selected_step": str(result.selected_step), "stop_reason": result.stop_reason,
             "location": outcome.location,
             "mlflow.source.git.commit": git_sha().removesuffix("-dirty"),

@@ -63,7 +63,7 @@ def bptt_cell(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: in
 def _cell_loop(model: LSTMModel, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None) -> StepResult:
     """Step loop with one backward; detaching every k_trunc steps gives the one-graph TBPTT reference."""
     x = batch.inputs
-    scored = set(batch.positions.tolist())
+    scored = set(scored_steps(batch.positions))
     cell = model.scaled_cell()
     gates_x = cell.input_gates(x).unbind(1)  # one backward node for all steps, not a zero-padded copy per step
     h, c = model.zero_state(x)
@@ -114,7 +114,7 @@ def sab_reference(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: 
 def reference_loss(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int | None) -> tuple[Tensor, Tensor]:
     """The loss of SAB's forward as one differentiable graph (memories kept with their graph)."""
     x = batch.inputs
-    scored = set(batch.positions.tolist())
+    scored = set(scored_steps(batch.positions))
     cell = model.scaled_cell()
     gates_x = cell.input_gates(x).unbind(1)
     h, c = model.zero_state(x)

@@ -12,6 +12,7 @@ the weights of a `ScaledCell` (one sigmoid per step for all four gates).
 from __future__ import annotations
 
 import bisect
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -261,12 +262,24 @@ in cache while its steps add the recurrent product in place."""
 
 
 def scored_steps(positions: Tensor) -> list[int]:
-    """The scored steps on the host (one read-back per training step), strictly ascending as every
-    task gives them: segments find their columns in this list by bisection."""
+    """The scored steps on the host, strictly ascending as every task gives them: segments find their
+    columns in this list by bisection. One read-back per new positions tensor: a tensor read before
+    and not written since (its `_version`) is answered from the host, so a step that reuses one
+    positions tensor (a captured CUDA graph's static batch, `sab.graphs`) reads nothing back."""
+    key = id(positions)
+    cached = _HOST_POSITIONS.get(key)
+    if cached is not None and cached[0]() is positions and cached[1] == positions._version:
+        return cached[2]
     scored = positions.tolist()
     if any(a >= b for a, b in zip(scored, scored[1:])):
         raise ValueError(f"scored positions must be strictly ascending, got {scored[:20]}")
+    _HOST_POSITIONS[key] = (weakref.ref(positions, lambda _: _HOST_POSITIONS.pop(key, None)), positions._version, scored)
     return scored
+
+
+_HOST_POSITIONS: dict[int, tuple] = {}
+"""id of a positions tensor -> (a weak reference to it, its version when read, its steps on the host);
+an entry leaves with its tensor (tensors compare elementwise, so they cannot key a WeakKeyDictionary)."""
 
 
 def scored_span(scored: list[int], start: int, stop: int) -> tuple[int, int]:
@@ -280,6 +293,6 @@ def _scored_steps(length: int, positions: Tensor | None) -> list[bool]:
     if positions is None:
         return [True] * length
     flags = [False] * length
-    for p in positions.tolist():
+    for p in scored_steps(positions):
         flags[p] = True
     return flags

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from sab.checkpoint import Checkpointer, restore, training_state
+from sab.graphs import CUDA_GRAPHS_CHOICES, GraphedStep, graphs_wanted
 from sab.measure import MemoryMeter, StepTimer, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset
 from sab.methods import METHOD_NAMES, METHODS, Knobs, ModelShape
 from sab.replay import set_engine_options
@@ -91,6 +92,12 @@ class TrialSpec:
         "sab: the same shapes and work at every step (padded bank, every segment replayed): a CUDA graph's condition",
         role="execution",
     )
+    cuda_graphs: str = _field(
+        "auto",
+        "each training step captured once as a CUDA graph and replayed (auto: on CUDA; on also runs sab's static_shapes path)",
+        role="execution",
+        choices=CUDA_GRAPHS_CHOICES,
+    )
     batch_size: int = _field(32, "sequences per batch")
     lr: float = _field(1e-3, "learning rate")
     optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
@@ -125,6 +132,8 @@ class TrialSpec:
             raise ValueError(f"unknown scorer_init {self.scorer_init!r}; valid: {', '.join(SCORER_INIT_CHOICES)}")
         if self.bias_init not in BIAS_INITS:
             raise ValueError(f"unknown bias_init {self.bias_init!r}; valid: {', '.join(BIAS_INITS)}")
+        if self.cuda_graphs not in CUDA_GRAPHS_CHOICES:
+            raise ValueError(f"unknown cuda_graphs {self.cuda_graphs!r}; valid: {', '.join(CUDA_GRAPHS_CHOICES)}")
         if not isinstance(self.solved_patience, int) or self.solved_patience < 0:
             raise ValueError(f"solved_patience must be an integer >= 0, got {self.solved_patience!r}")
         for name in (
@@ -205,6 +214,7 @@ class TrialResult:
     threads: int = 1
     replay_group: int = 0  # the sab engine's, resolved for the device (0: the method has none)
     static_shapes: bool = False  # the sab engine ran its shape-static path
+    cuda_graphs: str = "off"  # off, or how the graphed steps ran: captured, eager (no CUDA device), failed: why
     selected_step: int = 0  # the evaluation whose weights gave the final figures (select_on_validation; 0: the last step's)
     torch_version: str = torch.__version__
     attention: list[list[float]] = field(default_factory=list)  # (L, n_mem) weights of one test sequence (attention models)
@@ -246,9 +256,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _optimizer(spec: TrialSpec, params) -> torch.optim.Optimizer:
+def _optimizer(spec: TrialSpec, params, capturable: bool = False) -> torch.optim.Optimizer:
+    """The spec's optimizer; `capturable` keeps Adam's step counters on the device (a CUDA graph's need)."""
     if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr)
+        return torch.optim.Adam(params, lr=spec.lr, capturable=capturable)
     if spec.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=spec.lr)
     return torch.optim.SGD(params, lr=spec.lr, momentum=0.9)
@@ -282,7 +293,8 @@ def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype)
     torch.manual_seed(spec.seed)
     model = build_model(spec, task).to(device=device, dtype=dtype)
     if METHODS[spec.method].replays:
-        set_engine_options(model, device, spec.replay_group, spec.static_shapes)
+        static = spec.static_shapes or graphs_wanted(spec.cuda_graphs, device)  # a graph replays one shape of work
+        set_engine_options(model, device, spec.replay_group, static)
     return model
 
 
@@ -340,7 +352,9 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     result.replay_group = getattr(model, "replay_group", 0)
     result.static_shapes = getattr(model, "static_shapes", False)
     engine = METHODS[spec.method].engine
-    optimizer = _optimizer(spec, model.parameters())
+    graphed = graphs_wanted(spec.cuda_graphs, device)
+    optimizer = _optimizer(spec, model.parameters(), capturable=graphed and device.type == "cuda")
+    stepper = _Stepper(spec, task, model, engine, optimizer, device, dtype, graphed)
     generator = torch.Generator().manual_seed(spec.seed)
     val_set, test_set = evaluation_set(task, spec, "val"), evaluation_set(task, spec, "test")
     timer = StepTimer(device)
@@ -362,7 +376,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
         with cuda_peak(device) as cuda:
             worst = None  # the largest training loss since the start, kept on the device
             for step in range(first_step, spec.steps + 1):
-                out = _train_step(spec, step, task, model, engine, optimizer, generator, timer, result, device, dtype)
+                out = _train_step(spec, step, task, stepper, generator, timer, result)
                 result.steps_done = step
                 worst = out.loss if worst is None else torch.maximum(worst, out.loss)  # NaN propagates
                 over_time = spec.time_limit_s is not None and time.monotonic() - started > spec.time_limit_s
@@ -400,6 +414,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     finally:
         checkpointer.restore_handlers()
     timer.settle()
+    result.cuda_graphs = stepper.state
     result.stop_reason = result.stop_reason or ("steps" if result.status == "ok" else result.status)
     result.peak_rss_bytes = max(result.peak_rss_bytes, rss_peak_bytes() - rss_before)
     result.cuda_max_allocated_bytes = cuda.get("cuda_max_allocated_bytes", 0)
@@ -436,22 +451,50 @@ _RESUMED_FIELDS = ("curve", "peak_saved_bytes", "peak_held_bytes", "peak_bytes",
 """Result fields measured before a checkpoint that a resumed trial keeps."""
 
 
-def _train_step(spec, step, task, model, engine, optimizer, generator, timer, result, device, dtype):
-    """One optimiser step on a fresh batch; the second step also measures memory."""
-    batch = _to(task.sample(spec.batch_size, generator), device, dtype)
-    if spec.inject_fault and step == min(2, spec.steps):
-        batch = _inject(spec, batch)
-    meter = MemoryMeter(model.parameters()) if step == min(2, spec.steps) else None
-    with timer.step():
-        optimizer.zero_grad(set_to_none=True)
+class _Stepper:
+    """A trial's training step, `load` (the host batch onto the device) then `run`: eager, or through
+    a `GraphedStep` when the trial's cuda_graphs says so (sab.graphs)."""
+
+    def __init__(self, spec: TrialSpec, task: Task, model, engine, optimizer, device: torch.device, dtype: torch.dtype, graphed: bool):
+        self.spec, self.task, self.model, self.engine, self.optimizer = spec, task, model, engine, optimizer
+        self.device, self.dtype = device, dtype
+        self.graphed = GraphedStep(self.one_step, device, dtype) if graphed else None
+        self.batch = None
+
+    def one_step(self, batch, meter=None):
+        """zero_grad, the engine's forward and backward, the clip, the optimizer: what a graph captures."""
+        self.optimizer.zero_grad(set_to_none=True)
         if meter is None:
-            out = engine(model, batch, task.loss, spec.k_trunc)
+            out = self.engine(self.model, batch, self.task.loss, self.spec.k_trunc)
         else:
             with meter:
-                out = engine(model, batch, task.loss, spec.k_trunc, meter)
-        if spec.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip)
-        optimizer.step()
+                out = self.engine(self.model, batch, self.task.loss, self.spec.k_trunc, meter)
+        if self.spec.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.clip)
+        self.optimizer.step()
+        return out
+
+    def load(self, host_batch) -> None:
+        self.batch = self.graphed.load(host_batch) if self.graphed else _to(host_batch, self.device, self.dtype)
+
+    def run(self, meter=None):
+        return self.graphed.run(meter) if self.graphed else self.one_step(self.batch, meter)
+
+    @property
+    def state(self) -> str:
+        """What ran: off, or the GraphedStep's state (captured, eager without CUDA, failed: why)."""
+        return self.graphed.state if self.graphed else "off"
+
+
+def _train_step(spec, step, task, stepper: _Stepper, generator, timer, result):
+    """One optimiser step on a fresh batch; the second step also measures memory."""
+    batch = task.sample(spec.batch_size, generator)
+    if spec.inject_fault and step == min(2, spec.steps):
+        batch = _inject(spec, batch)
+    stepper.load(batch)
+    meter = MemoryMeter(stepper.model.parameters()) if step == min(2, spec.steps) else None
+    with timer.step():
+        out = stepper.run(meter)
     if meter is not None:
         result.peak_saved_bytes, result.peak_held_bytes, result.peak_bytes = meter.peak_saved_bytes, meter.peak_held_bytes, meter.peak_bytes
     return out
