@@ -108,3 +108,35 @@ def test_the_launch_counter_sees_compute_ops_and_host_syncs():
     assert (counter.counts.compute, counter.counts.syncs) == (1, 1)
     compute, syncs = per_time_step("bptt_cell", (20, 40), hidden_size=4, batch_size=2, k_trunc=2, k_att=2, k_top=1)
     assert compute > 10 and syncs == 0  # an LSTM cell step loop: launches grow with L, no sync
+
+
+def test_graphed_rows_sit_beside_eager_ones_and_say_what_ran(tmp_path, capsys):
+    """`--cuda-graphs off on`: one row per choice, the graphed sab on its static-shape path, each row
+    divided by the reference of its own kind; on the CPU nothing is captured and the row says so."""
+    out = tmp_path / "cost.csv"
+    main(
+        [
+            "--lengths",
+            "40",
+            "--methods",
+            "bptt",
+            "sab",
+            "--repeats",
+            "1",
+            "--hidden-size",
+            "16",
+            "--cuda-graphs",
+            "off",
+            "on",
+            "--out",
+            str(out),
+        ]
+    )
+    table = capsys.readouterr().out
+    with open(out) as f:
+        found = {(r["method"], r["cuda_graphs"]): r for r in csv.DictReader(f)}
+    assert set(found) == {(m, s) for m in ("bptt", "sab") for s in ("off", "eager (no CUDA device: not captured)")}
+    assert found[("sab", "eager (no CUDA device: not captured)")]["static_shapes"] == "True"
+    assert found[("sab", "off")]["static_shapes"] == "False"
+    time_ratio = r"\|[^|]*\|[^|]*\|[^|]*\|[^|]*\|[^|]*\| 1\.000 \|"  # s/step over bptt: 1 for the row divided by itself
+    assert re.search(r"\| 40 \| bptt graphed " + time_ratio, table), table  # graphed bptt is the graphed rows' reference
