@@ -47,6 +47,9 @@ class GraphedStep:
         self.static: Batch | None = None
         self.host_positions: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.stream = (
+            None  # the side stream of the warm-up and the capture: the same one, so per-stream library handles exist before capture
+        )
         self.out = None
         self.steps = 0
         self.state = "eager (no CUDA device: not captured)" if device.type != "cuda" else "eager (warming up)"
@@ -89,11 +92,11 @@ class GraphedStep:
     def _eager(self, meter):
         if self.device.type != "cuda" or self.state.startswith("failed"):
             return self.one_step(self.static, meter)
-        side = torch.cuda.Stream(self.device)  # warm-up on a side stream, as torch.cuda.graph's documentation asks
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        self.stream = self.stream or torch.cuda.Stream(self.device)  # warm-up on a side stream, as torch.cuda.graph's documentation asks
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
             out = self.one_step(self.static, meter)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return out
 
     def _capture(self):
@@ -101,7 +104,7 @@ class GraphedStep:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=self.stream):
                 out = self.one_step(self.static, None)
         except Exception as error:  # the step does something a graph cannot hold: eager from here on, and say why
             self.state = f"failed: {type(error).__name__}: {error}"[:300]
