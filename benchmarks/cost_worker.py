@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from sab.credit import training_step
 from sab.graphs import WARMUP, GraphedStep, graphs_wanted
 from sab.measure import MemoryMeter, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset, synchronize
 from sab.methods import KNOBS, METHODS, build_model
@@ -61,9 +62,8 @@ class Worker:
             self.batch = make_batch(config["batch_size"], config["seq_len"], self.device)
         self.model = build_model(config["method"], sizes[0], config["hidden_size"], sizes[1], **knobs).to(self.device)
         graphed = graphs_wanted(config.get("cuda_graphs", "off"), self.device)
-        if METHODS[config["method"]].replays:  # the trial's rule: the config's replay group, else the device's; a graph needs static shapes
-            static = bool(config.get("static_shapes", False)) or graphed
-            set_engine_options(self.model, self.device, config.get("replay_group"), static)
+        if METHODS[config["method"]].replays:  # the trial's rule: the config's replay group, else the device's
+            set_engine_options(self.model, self.device, config.get("replay_group"), bool(config.get("static_shapes", False)), graphed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, capturable=graphed and self.device.type == "cuda")
         self.engine = METHODS[config["method"]].engine
         self.graphed = GraphedStep(self._one_step, self.device, torch.float32) if graphed else None  # a trial's graphed step
@@ -71,13 +71,7 @@ class Worker:
             self.graphed.load(self.batch)
 
     def _one_step(self, batch: Batch, meter=None) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if meter is None:
-            self.engine(self.model, batch, self.loss, self.config["k_trunc"])
-        else:
-            with meter:
-                self.engine(self.model, batch, self.loss, self.config["k_trunc"], meter)
-        self.optimizer.step()
+        training_step(self.engine, self.model, self.optimizer, batch, self.loss, self.config["k_trunc"], meter=meter)  # no clip
 
     def step(self, meter=None) -> None:
         """One training step: zero grads, the engine's forward and backward, the optimizer (replayed as a graph when asked)."""

@@ -35,7 +35,8 @@ def timing_configs(cells: list[Cell]) -> list[CostConfig]:
             threads=1,
             device="cpu",
             replay_group=spec.replay_group,
-            static_shapes=spec.static_shapes or spec.cuda_graphs == "on",  # as the trial ran sab (on the CPU a graphed step is eager)
+            static_shapes=spec.static_shapes,
+            cuda_graphs=spec.cuda_graphs,  # as the trial ran (a graphed sab takes its static path; on the CPU the step is eager)
         )
         configs[dataclasses.replace(base, hidden_size=spec.hidden_size, batch_size=spec.batch_size, **knobs)] = None
     return list(configs)

@@ -180,6 +180,22 @@ def sab(model: SABLSTM, batch: Batch, loss_fn: PositionLoss, k_trunc: int, meter
     return StepResult(loss.detach(), run.logits)
 
 
+def training_step(engine, model, optimizer, batch: Batch, loss_fn: PositionLoss, k_trunc: int, clip: float = 0.0, meter=None) -> StepResult:
+    """One optimizer step through `engine`: zero_grad, forward and backward (under `meter`, if one
+    measures this step), the gradient-norm clip (0: none), the update. A trial's step and the cost
+    benchmark's; the whole of it is what a CUDA graph captures (sab.graphs)."""
+    optimizer.zero_grad(set_to_none=True)
+    if meter is None:
+        out = engine(model, batch, loss_fn, k_trunc)
+    else:
+        with meter:
+            out = engine(model, batch, loss_fn, k_trunc, meter)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return out
+
+
 _LOSS_CHUNK = 64
 """Positions whose loss gradient the sab engine takes at once."""
 

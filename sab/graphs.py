@@ -47,9 +47,8 @@ class GraphedStep:
         self.static: Batch | None = None
         self.host_positions: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.stream = (
-            None  # the side stream of the warm-up and the capture: the same one, so per-stream library handles exist before capture
-        )
+        # the side stream of the warm-up and the capture: the same one, so per-stream library handles exist before the capture
+        self.stream = None
         self.out = None
         self.steps = 0
         self.state = "eager (no CUDA device: not captured)" if device.type != "cuda" else "eager (warming up)"

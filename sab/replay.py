@@ -166,11 +166,12 @@ def default_replay_group(device: torch.device) -> int:
     return REPLAY_GROUP.get(device.type, 1)
 
 
-def set_engine_options(model: SABLSTM, device: torch.device, replay_group: int | None, static_shapes: bool) -> None:
+def set_engine_options(model: SABLSTM, device: torch.device, replay_group: int | None, static_shapes: bool, graphed: bool = False) -> None:
     """The sab engine's execution options on a model: the replay group (None: the device's default)
-    and the shape-static path; a trial and the cost benchmark set them the same way."""
+    and the shape-static path, which a graphed step (sab.graphs) always takes: a graph replays one
+    shape of work. A trial and the cost benchmark set them the same way."""
     model.replay_group = replay_group or default_replay_group(device)
-    model.static_shapes = static_shapes
+    model.static_shapes = static_shapes or graphed
 
 
 def _groups(live: list[bool], L: int, k_trunc: int, sparse_from: int, group: int) -> list[list[int]]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from sab.checkpoint import Checkpointer, restore, training_state
+from sab.credit import training_step
 from sab.graphs import CUDA_GRAPHS_CHOICES, GraphedStep, graphs_wanted
 from sab.measure import MemoryMeter, StepTimer, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset
 from sab.methods import METHOD_NAMES, METHODS, Knobs, ModelShape
@@ -293,8 +294,7 @@ def build(spec: TrialSpec, task: Task, device: torch.device, dtype: torch.dtype)
     torch.manual_seed(spec.seed)
     model = build_model(spec, task).to(device=device, dtype=dtype)
     if METHODS[spec.method].replays:
-        static = spec.static_shapes or graphs_wanted(spec.cuda_graphs, device)  # a graph replays one shape of work
-        set_engine_options(model, device, spec.replay_group, static)
+        set_engine_options(model, device, spec.replay_group, spec.static_shapes, graphs_wanted(spec.cuda_graphs, device))
     return model
 
 
@@ -462,17 +462,8 @@ class _Stepper:
         self.batch = None
 
     def one_step(self, batch, meter=None):
-        """zero_grad, the engine's forward and backward, the clip, the optimizer: what a graph captures."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if meter is None:
-            out = self.engine(self.model, batch, self.task.loss, self.spec.k_trunc)
-        else:
-            with meter:
-                out = self.engine(self.model, batch, self.task.loss, self.spec.k_trunc, meter)
-        if self.spec.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.clip)
-        self.optimizer.step()
-        return out
+        """The trial's training step on a device batch: what a graph captures."""
+        return training_step(self.engine, self.model, self.optimizer, batch, self.task.loss, self.spec.k_trunc, self.spec.clip, meter)
 
     def load(self, host_batch) -> None:
         self.batch = self.graphed.load(host_batch) if self.graphed else _to(host_batch, self.device, self.dtype)
