@@ -8,7 +8,9 @@ step under the saved-tensor meter, a step under the RSS peak; then timing repeti
 interleaved across the engines of one length, one engine running at a time, and medians
 reported. Sequences are copy-like: L = T steps, 10 classes, a loss at every step. An engine whose
 predicted bytes exceed the free memory is skipped and marked. Writes results/cost/cost.csv.
-Compare engines only as ratios from one run on one machine.
+Compare engines only as ratios from one run on one machine. `--allocators default retain` times
+every engine also with glibc keeping freed memory (ALLOCATORS): the page faults of fresh blocks,
+which bptt's activations take at every step, are the allocator's cost, not the engine's.
 """
 
 from __future__ import annotations
@@ -33,8 +35,17 @@ COLUMNS = (
     "peak_saved_bytes", "held_bytes", "peak_bytes", "peak_rss_bytes", "step_seconds",
     "device", "threads", "status", "predicted_bytes", "cuda_max_allocated_bytes", "cuda_step_growth_bytes", "repeats",
     "step_seconds_min", "step_seconds_max", "steps_per_repeat", "task", "attn_size", "scorer_init", "tokens_per_step",
-    "replay_group", "static_shapes", "cuda_graphs",
+    "replay_group", "static_shapes", "cuda_graphs", "allocator", "minor_faults_per_step",
 )  # fmt: skip
+
+ALLOCATORS = {
+    "default": "",
+    "retain": "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=1099511627776",
+}
+"""A worker's glibc malloc settings (GLIBC_TUNABLES). `default` is what a trial process gets: blocks over
+the mmap threshold (at most 32 MiB) are mapped afresh and faulted in page by page at every step.
+`retain` keeps freed memory in the heap, so a step reuses the pages of the step before: what an
+engine costs with allocation taken out (bptt's ~280 MiB of activations at T = 1000 are the case)."""
 
 
 @dataclass(frozen=True)
@@ -62,12 +73,19 @@ class CostConfig:
     cuda_graphs: str = "off"
     """on: each step captured once as a CUDA graph and replayed (sab.graphs; sab then runs static_shapes). The
     row's column says what ran: captured, eager (no CUDA device), failed: why."""
+    allocator: str = "default"
+    """The worker's malloc settings: a key of ALLOCATORS."""
 
     @property
     def label(self) -> str:
-        """The method, with the replay group when one is named and "graphed" when asked (rows can differ only in them)."""
+        """The method, with the replay group when one is named, "graphed" and the allocator when asked (rows can differ only in them)."""
         label = self.method if self.replay_group is None else f"{self.method} (group {self.replay_group})"
-        return label + (" graphed" if self.cuda_graphs == "on" else "")
+        return label + (" graphed" if self.cuda_graphs == "on" else "") + (f" {self.allocator}" if self.allocator != "default" else "")
+
+    @property
+    def variant(self) -> tuple[str, str]:
+        """What a row is divided by: the references run the same way (graphed, allocator)."""
+        return self.cuda_graphs, self.allocator
 
 
 def predicted_bytes(c: CostConfig) -> int:
@@ -100,6 +118,10 @@ class _Process:
         env = dict(os.environ, OMP_NUM_THREADS=str(config.threads), MKL_NUM_THREADS=str(config.threads))
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        if config.allocator not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {config.allocator!r}; valid: {', '.join(ALLOCATORS)}")
+        if ALLOCATORS[config.allocator]:
+            env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES", ""), ALLOCATORS[config.allocator]]))
         self.config = config
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.cost_worker"],
@@ -135,7 +157,7 @@ def measure(configs: list[CostConfig], repeats: int, steps: int = 1, log=print) 
             row = dict(
                 asdict(config),
                 label=config.label,
-                graphs_asked=config.cuda_graphs,
+                variant=config.variant,
                 predicted_bytes=predicted_bytes(config),
                 repeats=repeats,
                 steps_per_repeat=steps,
@@ -156,6 +178,7 @@ def measure(configs: list[CostConfig], repeats: int, steps: int = 1, log=print) 
             running.append((process, row))
             log(f"T={length} {config.label}: peak {answer['peak_bytes'] / 2**20:.1f} MiB, rss {answer['peak_rss_bytes'] / 2**20:.1f} MiB")
         samples: dict[int, list[float]] = {id(row): [] for _, row in running}
+        faults: dict[int, list[float]] = {id(row): [] for _, row in running}
         for repetition in range(repeats):
             shift = repetition % max(len(running), 1)
             for process, row in running[shift:] + running[:shift]:  # rotate the order each repetition
@@ -164,10 +187,12 @@ def measure(configs: list[CostConfig], repeats: int, steps: int = 1, log=print) 
                     row["status"] = "failed"
                     continue
                 samples[id(row)].append(answer["seconds"] / steps)
+                faults[id(row)].append(answer["minor_faults"] / steps)
         for process, row in running:
             if samples[id(row)]:
                 row["step_seconds"] = statistics.median(samples[id(row)])
                 row["step_seconds_min"], row["step_seconds_max"] = min(samples[id(row)]), max(samples[id(row)])
+                row["minor_faults_per_step"] = statistics.median(faults[id(row)])
             process.close()
     return rows
 
@@ -183,7 +208,7 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 def table(rows: list[dict]) -> str:
     """A Markdown table: memory and time per engine and length, with ratios to bptt and bptt_cell."""
-    by = {(r["method"], r["seq_len"], r.get("graphs_asked", "off")): r for r in rows}  # a graphed row is divided by graphed references
+    by = {(r["method"], r["seq_len"], r["variant"]): r for r in rows}  # a graphed (or retaining) row is divided by references run so
     lines = [
         "| T | method | peak MiB | /bptt | /bptt_cell | RSS MiB | s/step | /bptt | /bptt_cell |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -196,8 +221,8 @@ def table(rows: list[dict]) -> str:
         return "—" if value != value else f"{value:.3f}"
 
     for r in rows:
-        asked = r.get("graphs_asked", "off")
-        base, cell = (by.get((name, r["seq_len"], asked)) or by.get((name, r["seq_len"], "off")) for name in COST_REFERENCES)
+        plain = ("off", r["variant"][1])  # a graphed row without a graphed reference: the eager one of its allocator
+        base, cell = (by.get((name, r["seq_len"], r["variant"])) or by.get((name, r["seq_len"], plain)) for name in COST_REFERENCES)
         if r.get("status") != "ok":
             lines.append(f"| {r['seq_len']} | {r.get('label', r['method'])} | {r.get('status')} | | | | | | |")
             continue
@@ -234,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["off", "on"],
         help="one row per choice: eager steps, or each captured as a CUDA graph",
     )
+    parser.add_argument(
+        "--allocators",
+        nargs="+",
+        default=["default"],
+        choices=list(ALLOCATORS),
+        help="one row per choice: glibc malloc as a trial gets it, or retaining freed memory (no page faults from fresh blocks)",
+    )
     args = parser.parse_args(argv)
     configs = [
         CostConfig(
@@ -248,11 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             args.threads,
             replay_group=g,
             cuda_graphs=graphs,
+            allocator=allocator,
         )
         for t in args.lengths
         for m in args.methods
         for g in ((args.replay_groups or [None]) if METHODS[m].replays else [None])
         for graphs in args.cuda_graphs
+        for allocator in args.allocators
     ]
     rows = measure(configs, args.repeats, args.steps, log=lambda s: print(s, file=sys.stderr, flush=True))
     write_csv(rows, args.out)

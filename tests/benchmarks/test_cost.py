@@ -140,3 +140,21 @@ def test_graphed_rows_sit_beside_eager_ones_and_say_what_ran(tmp_path, capsys):
     assert found[("sab", "off")]["static_shapes"] == "False"
     time_ratio = r"\|[^|]*\|[^|]*\|[^|]*\|[^|]*\|[^|]*\| 1\.000 \|"  # s/step over bptt: 1 for the row divided by itself
     assert re.search(r"\| 40 \| bptt graphed " + time_ratio, table), table  # graphed bptt is the graphed rows' reference
+
+
+def test_allocator_rows_take_the_page_faults_out_and_are_divided_by_their_own_kind(tmp_path, capsys):
+    """`--allocators default retain`: under glibc's defaults bptt's activations are mapped afresh and
+    faulted in at every step; the retaining worker reuses its pages. Each row is divided by the
+    reference run with the same allocator, and an unknown allocator is refused before any work."""
+    out = tmp_path / "cost.csv"
+    main(["--lengths", "200", "--methods", "bptt", "--repeats", "3", "--allocators", "default", "retain", "--out", str(out)])
+    table = capsys.readouterr().out
+    with open(out) as f:
+        found = {r["allocator"]: r for r in csv.DictReader(f)}
+    assert set(found) == {"default", "retain"}
+    faults = {name: float(row["minor_faults_per_step"]) for name, row in found.items()}
+    assert faults["default"] > 1000 and faults["retain"] < faults["default"] / 5, faults  # medians of 3
+    assert "| 200 | bptt retain | " in table and table.count("| 1.000 |") >= 4  # each bptt row is its own reference
+    with pytest.raises(SystemExit):
+        main(["--lengths", "200", "--methods", "bptt", "--allocators", "jemalloc", "--out", str(out)])
+    assert "invalid choice: 'jemalloc'" in capsys.readouterr().err
