@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command, <= 5 minutes on one GPU, torch only (no Ray, MLflow or network needed):
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh
-# 1. sab vs sab_reference gradient parity on CUDA;
+# 1. sab vs sab_reference gradient parity on CUDA, and run-to-run determinism of sab's gradients
+#    (G's credit summed by index_put_, which must repeat bit for bit; index_add_'s atomics measured beside it);
 # 2. the cost benchmark on CUDA (cuDNN bptt, bptt_cell, tbptt, self_attention, sab_reference, sab)
 #    at T = 300, 1000, 5000 - what cannot fit, or would take minutes, is skipped and marked;
 # 3. eager against whole-step CUDA graphs (--cuda-graphs off on) at T = 1000;

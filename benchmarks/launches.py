@@ -99,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         help="count the CPU's own path (its top-k tie check reads back once per step); default: the GPU's",
     )
     args = parser.parse_args(argv)
+    import sab.replay
     import sab.sparse_attention
 
     sab.sparse_attention.TIE_CHECK_ON_CPU = args.cpu_path
+    sab.replay.SORTED_CREDIT_DEVICES = {"cuda"} if args.cpu_path else {"cpu", "cuda"}  # the GPU's deterministic sum of G's credit
     sizes = {
         "hidden_size": args.hidden_size,
         "batch_size": args.batch_size,

@@ -1,8 +1,12 @@
-"""Gradient parity of the two-pass `sab` engine against `sab_reference`, on any device.
+"""Gradient parity of the two-pass `sab` engine against `sab_reference`, and its run-to-run
+determinism, on any device.
 
     python -m benchmarks.parity --device cuda
 
-Prints one line per case: the largest relative gradient difference over the parameters.
+Prints one line per case: the largest relative gradient difference over the parameters; then
+the largest difference between repeated runs of one step, with G's credit summed by
+`index_put_(accumulate=True)` (sab.replay.accumulate_rows: the engine's path on a GPU, which must
+repeat bit for bit) and, for comparison, by `index_add_` (atomics on a GPU: its measured effect).
 Needs torch only (a GPU machine may have nothing else).
 """
 
@@ -13,6 +17,7 @@ import sys
 
 import torch
 
+import sab.replay
 from sab.methods import METHODS, build_model
 from sab.tasks.base import Batch, cross_entropy
 
@@ -23,23 +28,50 @@ CASES = [  # (dtype, L, k_trunc, k_att, k_top, tolerance)
 ]
 
 
-def relative_gap(device: torch.device, dtype: torch.dtype, L: int, k_trunc: int, k_att: int, k_top: int) -> float:
-    """max over parameters of |g_sab - g_ref| / |g_ref| for one random batch."""
+def _case(device: torch.device, dtype: torch.dtype, L: int, k_att: int, k_top: int, batch_size: int, seed: int) -> tuple:
+    """A sab model (seed 0) and one random batch (`seed`) of L steps, every step scored."""
     torch.manual_seed(0)
     model = build_model("sab", 10, 32, 10, k_top=k_top, k_att=k_att, scorer_init="uniform").to(device=device, dtype=dtype)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     batch = Batch(
-        torch.randn(4, L, 10, generator=g, dtype=dtype).to(device),
-        torch.randint(0, 10, (4, L), generator=g).to(device),
+        torch.randn(batch_size, L, 10, generator=g, dtype=dtype).to(device),
+        torch.randint(0, 10, (batch_size, L), generator=g).to(device),
         torch.arange(L, device=device),
     )
-    grads = []
-    for engine in ("sab_reference", "sab"):
-        model.zero_grad(set_to_none=True)
-        METHODS[engine].engine(model, batch, cross_entropy, k_trunc)
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    ref, got = grads
+    return model, batch
+
+
+def _gradients(engine: str, model, batch: Batch, k_trunc: int) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    METHODS[engine].engine(model, batch, cross_entropy, k_trunc)
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def relative_gap(device: torch.device, dtype: torch.dtype, L: int, k_trunc: int, k_att: int, k_top: int) -> float:
+    """max over parameters of |g_sab - g_ref| / |g_ref| for one random batch."""
+    model, batch = _case(device, dtype, L, k_att, k_top, batch_size=4, seed=1)
+    ref, got = (_gradients(engine, model, batch, k_trunc) for engine in ("sab_reference", "sab"))
     return max(((got[n] - ref[n]).norm() / ref[n].norm()).item() for n in ref)
+
+
+DETERMINISM_CASE = (torch.float32, 300, 10, 10, 5)
+"""(dtype, L, k_trunc, k_att, k_top): 30 memories, each read by many steps of a segment."""
+RUNS = 4
+
+
+def run_to_run_gap(device: torch.device, sorted_credit: bool, runs: int = RUNS) -> float:
+    """max over parameters and runs of |g_run - g_first| / |g_first|: the sab engine on one batch,
+    G's credit summed by index_put_ (sorted) or by index_add_."""
+    dtype, L, k_trunc, k_att, k_top = DETERMINISM_CASE
+    saved = set(sab.replay.SORTED_CREDIT_DEVICES)
+    sab.replay.SORTED_CREDIT_DEVICES = saved | {device.type} if sorted_credit else saved - {device.type}
+    try:
+        model, batch = _case(device, dtype, L, k_att, k_top, batch_size=8, seed=2)
+        grads = [_gradients("sab", model, batch, k_trunc) for _ in range(runs)]
+    finally:
+        sab.replay.SORTED_CREDIT_DEVICES = saved
+    first = grads[0]
+    return max(((run[n] - first[n]).norm() / first[n].norm()).item() for run in grads[1:] for n in first)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         failed |= not ok
         print(f"parity {device.type} {str(dtype).split('.')[1]} L={L} k_trunc={k_trunc} k_att={k_att} k_top={k_top}: "
               f"max relative gradient gap {gap:.2e} (tolerance {tolerance:.0e}) {'ok' if ok else 'FAILED'}")  # fmt: skip
+    for sorted_credit in (True, False):
+        gap = run_to_run_gap(device, sorted_credit)
+        how = "index_put_ (sorted: the engine's path)" if sorted_credit else "index_add_ (for comparison)"
+        verdict = ("ok" if gap == 0 else "FAILED: not repeatable") if sorted_credit else "measured"
+        failed |= sorted_credit and gap != 0
+        print(f"determinism {device.type} float32 L={DETERMINISM_CASE[1]}, {RUNS} runs, G's credit by {how}: "
+              f"max run-to-run gradient gap {gap:.2e} {verdict}")  # fmt: skip
     return 1 if failed else 0
 
 

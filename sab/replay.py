@@ -174,6 +174,24 @@ def set_engine_options(model: SABLSTM, device: torch.device, replay_group: int |
     model.static_shapes = static_shapes or graphed
 
 
+SORTED_CREDIT_DEVICES = {"cuda"}
+"""Device types on which G's credit is summed by `index_put_(accumulate=True)` instead of `index_add_`.
+Tests and benchmarks.launches add "cpu" to run the GPU's path here; benchmarks.parity removes "cuda"
+to measure what index_add_'s atomics change between two runs."""
+
+
+def accumulate_rows(target: Tensor, rows: Tensor, values: Tensor) -> None:
+    """target[rows[i]] += values[i], rows repeating (a memory read at many steps). On CUDA `index_add_`
+    adds with atomics in no fixed order, so two runs of one step differ in their last bits;
+    `index_put_(accumulate=True)` sorts the rows stably and sums each row's values in that order
+    (what torch's deterministic mode makes of index_add_): the same bits every run. On the CPU
+    `index_add_` is sequential, deterministic already, and cheaper."""
+    if target.device.type in SORTED_CREDIT_DEVICES:
+        target.index_put_((rows,), values, accumulate=True)
+    else:
+        target.index_add_(0, rows, values)
+
+
 def _groups(live: list[bool], L: int, k_trunc: int, sparse_from: int, group: int) -> list[list[int]]:
     """The live segments in replay order (last first), in groups of up to `group` ascending indices.
 
@@ -488,8 +506,8 @@ class _Group:
             torch.sum(dweights.transpose(2, 3) * jacobian, dim=2, keepdim=True, out=dscores)  # da C without reshaping strided rows
             memories = b.weights[lo:hi, rows].unsqueeze(3) * b.dsummaries[lo:hi, rows].unsqueeze(2)
             keys = dscores.transpose(2, 3) * b.attention_factor[lo:hi, rows]
-        ctx.grad_memories.view(-1, ctx.H).index_add_(0, flat, memories.reshape(-1, ctx.H))
-        ctx.grad_keys.view(-1, ctx.A).index_add_(0, flat, keys.reshape(-1, ctx.A))
+        accumulate_rows(ctx.grad_memories.view(-1, ctx.H), flat, memories.reshape(-1, ctx.H))
+        accumulate_rows(ctx.grad_keys.view(-1, ctx.A), flat, keys.reshape(-1, ctx.A))
 
     def parameter_gradients(self) -> None:
         """The group's share of every parameter gradient, each in one matrix product."""

@@ -75,6 +75,40 @@ def test_grouped_replay_equals_reference_float64(L, k_trunc, k_att, k_top, group
     assert _max_relative_error(got, ref) <= 1e-10
 
 
+@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("L,k_trunc,k_att,k_top", PARITY_CASES)
+def test_sorted_credit_sum_of_the_gpu_equals_reference_float64(L, k_trunc, k_att, k_top, group, monkeypatch):
+    """G's credit summed as a GPU sums it (sab.replay.accumulate_rows: index_put_ with accumulate, the
+    deterministic path, instead of index_add_'s atomics), run here on the CPU: the same gradients as
+    the reference, alone and in replay groups, and the same as index_add_'s to float64 rounding."""
+    import sab.replay
+
+    torch.manual_seed(L + k_trunc + k_att + k_top)
+    model = build_model("sab", 5, 8, 4, k_top=k_top, k_att=k_att, scorer_init="uniform").double()
+    model.replay_group = group
+    batch = _batch(3, L, 5, 4)
+    _, ref = _grads("sab_reference", model, batch, k_trunc)
+    _, added = _grads("sab", model, batch, k_trunc)
+    monkeypatch.setattr(sab.replay, "SORTED_CREDIT_DEVICES", {"cpu"})
+    _, sorted_sum = _grads("sab", model, batch, k_trunc)
+    assert _max_relative_error(sorted_sum, ref) <= 1e-10
+    assert _max_relative_error(sorted_sum, added) <= 1e-12
+
+
+def test_accumulate_rows_sums_repeated_rows_on_either_path(monkeypatch):
+    """A memory read at several steps gets the sum of their credit, whichever path sums it."""
+    import sab.replay
+
+    rows = torch.tensor([2, 0, 2, 2, 1])
+    values = torch.arange(10, dtype=torch.float64).view(5, 2)
+    expected = torch.tensor([[2.0, 3.0], [8.0, 9.0], [0.0 + 4 + 6, 1.0 + 5 + 7]])
+    for devices in (set(), {"cpu"}):
+        monkeypatch.setattr(sab.replay, "SORTED_CREDIT_DEVICES", devices)
+        target = torch.zeros(3, 2, dtype=torch.float64)
+        sab.replay.accumulate_rows(target, rows, values)
+        assert torch.equal(target, expected), devices
+
+
 def test_replay_groups_only_full_sparse_live_segments_in_replay_order():
     """The plan of groups: last segment first; only full segments whose every step reads through
     the sparsifier share a group (here from step 20: (k_top+1) k_att); dead segments are skipped."""

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import torch
 
+import sab.replay as replay
 import sab.sparse_attention as sparse_attention
 from benchmarks.launches import _Counter
 from sab.graphs import WARMUP, GraphedStep, graphs_wanted
@@ -26,6 +27,7 @@ def test_a_graphed_step_reads_nothing_back_after_its_warm_up(method, monkeypatch
     optimizer's: `capturable=True` keeps them on a GPU), plus every tolist() and numpy(). Without the
     cache of scored positions (sab.model.scored_steps), every engine but bptt read them back each step."""
     monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)  # the GPU's top-k path
+    monkeypatch.setattr(replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})  # the GPU's sum of G's credit
     spec = TrialSpec(method=method, cuda_graphs="on", **TINY)
     task = make_task(spec.task, spec.seq_len)
     model = build(spec, task, torch.device("cpu"), torch.float32)

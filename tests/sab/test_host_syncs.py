@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+import sab.replay as replay
 import sab.sparse_attention as sparse_attention
 from benchmarks.launches import count_step
 
@@ -18,6 +19,7 @@ SIZES = {"hidden_size": 8, "batch_size": 2, "k_trunc": 5, "k_att": 5, "k_top": 3
 )
 def test_read_backs_per_step_do_not_grow_with_the_length(method, replay_group, monkeypatch):
     monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)  # the GPU's path: a stable sort, no read-back
+    monkeypatch.setattr(replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})  # the GPU's sum of G's credit
     short, long = count_step(method, 40, replay_group=replay_group, **SIZES), count_step(method, 120, replay_group=replay_group, **SIZES)
     assert short.syncs == long.syncs, (short, long)
     assert long.syncs <= 12  # Adam's step counter of each parameter (CPU tensors unless capturable); tolist() is not seen here
@@ -49,6 +51,7 @@ def test_sab_launches_per_time_step_on_the_gpu_path(monkeypatch):
     from sab.replay import REPLAY_GROUP
 
     monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)
+    monkeypatch.setattr(replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})  # the GPU's sum of G's credit
     shapes = {"hidden_size": 32, "batch_size": 4, "k_trunc": 10, "k_att": 10, "k_top": 5}
     grouped, syncs = per_time_step("sab", (100, 200), replay_group=REPLAY_GROUP["cuda"], **shapes)
     single, _ = per_time_step("sab", (100, 200), replay_group=1, **shapes)
@@ -65,6 +68,7 @@ def test_static_shapes_path_reads_back_less_and_stays_under_35(monkeypatch):
     from sab.replay import REPLAY_GROUP
 
     monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)
+    monkeypatch.setattr(replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})  # the GPU's sum of G's credit
 
     def no_read_back(*args):  # the plan reads the picks back (a no-op copy on the CPU, a sync on a GPU)
         raise AssertionError("the static path read the picks back")
