@@ -308,6 +308,8 @@ def wall_clock_table(timing: pd.DataFrame) -> pd.DataFrame:
         row["s/step [min, max]"] = f"{r['step_seconds']:.4f} [{r['step_seconds_min']:.4f}, {r['step_seconds_max']:.4f}]"
         row["tokens/s"] = f"{r['tokens_per_second']:,.0f}"
         row[f"/{REFERENCES[0].upper()}"] = f"{r['step_seconds'] / reference.median():.2f}" if not reference.empty else "—"
+        faults = r.get("minor_faults_per_step")
+        row["page faults/step"] = f"{faults:,.0f}" if faults == faults and faults is not None else "—"  # timings before the column: —
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -316,7 +318,7 @@ def _timing_frame(timing: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame({"method": timing["params.method"]})
     for key in ("seq_len", "hidden_size", "batch_size", "k_trunc", "k_top", "k_att"):
         frame[key] = pd.to_numeric(timing.get(f"params.{key}"), errors="coerce")
-    for key in ("step_seconds", "step_seconds_min", "step_seconds_max", "tokens_per_second"):
+    for key in ("step_seconds", "step_seconds_min", "step_seconds_max", "tokens_per_second", "minor_faults_per_step"):
         frame[key] = timing.get(f"metrics.{key}")
     return frame.reset_index(drop=True)
 
@@ -499,7 +501,9 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         "", "## Wall-clock (clean timing pass)", "",
         "Each (method, T) timed after the cells, one process at a time, one thread, warm-up excluded, "
         "repetitions interleaved across methods (harness/timing.py, benchmarks/cost.py): median s/step [min, max] of "
-        "the repetitions. Measured on the machine in the header; compare the ratios, not the absolute figures.",
+        "the repetitions. Measured on the machine in the header; compare the ratios, not the absolute figures. "
+        "Page faults/step: memory the step mapped afresh and touched (glibc's default malloc, as a trial runs), part of "
+        "its time; at T = 1000 (H = 128) they are ~40 % of fused BPTT's step (`python -m benchmarks.cost --allocators default retain`).",
         "", _markdown(clean) if not clean.empty else "_No clean timing recorded for this budget (a run with --no-timing, or trials on a cluster)._",
         "", f"## Time to accuracy (validation accuracy >= {TARGET_ACCURACY})", "",
         "Steps until a seed's validation accuracy first reached the target (mean [95% t interval] over the seeds that reached "

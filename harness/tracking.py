@@ -39,7 +39,15 @@ FINAL_METRICS = (
 
 TIMING_PARAMS = ("method", "task", "seq_len", "hidden_size", "batch_size", "k_trunc", "k_top", "k_att", "attn_size", "scorer_init",
                  "threads", "device", "repeats", "steps_per_repeat")  # fmt: skip
-TIMING_METRICS = ("step_seconds", "step_seconds_min", "step_seconds_max", "tokens_per_second", "tokens_per_step", "peak_bytes")
+TIMING_METRICS = (
+    "step_seconds",
+    "step_seconds_min",
+    "step_seconds_max",
+    "tokens_per_second",
+    "tokens_per_step",
+    "peak_bytes",
+    "minor_faults_per_step",
+)
 
 
 def default_uri(results_dir: Path) -> str:

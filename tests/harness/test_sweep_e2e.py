@@ -67,7 +67,13 @@ def test_report_main_table_matches_the_runs(smoke):
     assert "paper (as quoted)" in table.columns
     cells = pd.read_csv(report / "cells.csv")  # how each cell stopped, and whose weights gave its figures (0: the last step's)
     assert set(cells["stop_reason"]) == {"steps"} and set(cells["selected_step"]) == {0}
-    assert "## Stopping and model selection" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "## Stopping and model selection" in text
+    wall_clock = text.split("## Wall-clock (clean timing pass)")[1].split("\n## ")[0]
+    header = next(line for line in wall_clock.splitlines() if line.startswith("| method"))
+    assert header.rstrip(" |").endswith("page faults/step")  # the allocator's share of each time, counted
+    rows = [line for line in wall_clock.splitlines() if line.startswith("| bptt") or line.startswith("| sab")]
+    assert rows and all(re.fullmatch(r"[\d,]+", line.rstrip(" |").rsplit("|", 1)[1].strip()) for line in rows), rows
     # the same files are artifacts of the parent run
     parent = runs["tags.mlflow.parentRunId"].iloc[0]
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(parent)}
