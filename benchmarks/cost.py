@@ -76,6 +76,10 @@ class CostConfig:
     allocator: str = "default"
     """The worker's malloc settings: a key of ALLOCATORS."""
 
+    def __post_init__(self) -> None:
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {self.allocator!r}; valid: {', '.join(ALLOCATORS)}")
+
     @property
     def label(self) -> str:
         """The method, with the replay group when one is named, "graphed" and the allocator when asked (rows can differ only in them)."""
@@ -118,8 +122,6 @@ class _Process:
         env = dict(os.environ, OMP_NUM_THREADS=str(config.threads), MKL_NUM_THREADS=str(config.threads))
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        if config.allocator not in ALLOCATORS:
-            raise ValueError(f"unknown allocator {config.allocator!r}; valid: {', '.join(ALLOCATORS)}")
         if ALLOCATORS[config.allocator]:
             env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES", ""), ALLOCATORS[config.allocator]]))
         self.config = config

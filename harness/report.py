@@ -309,7 +309,7 @@ def wall_clock_table(timing: pd.DataFrame) -> pd.DataFrame:
         row["tokens/s"] = f"{r['tokens_per_second']:,.0f}"
         row[f"/{REFERENCES[0].upper()}"] = f"{r['step_seconds'] / reference.median():.2f}" if not reference.empty else "—"
         faults = r.get("minor_faults_per_step")
-        row["page faults/step"] = f"{faults:,.0f}" if faults == faults and faults is not None else "—"  # timings before the column: —
+        row["page faults/step"] = "—" if pd.isna(faults) else f"{faults:,.0f}"  # timings recorded before the column: —
         rows.append(row)
     return pd.DataFrame(rows)
 

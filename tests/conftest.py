@@ -28,6 +28,17 @@ def fresh_dir(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture
+def gpu_path(monkeypatch) -> None:
+    """The sab engine's GPU path, run on the CPU: top-k by a stable sort (no tie read-back) and G's
+    credit summed as on CUDA (sab.replay.accumulate_rows); benchmarks.launches takes the same path."""
+    import sab.replay
+    import sab.sparse_attention
+
+    monkeypatch.setattr(sab.sparse_attention, "TIE_CHECK_ON_CPU", False)
+    monkeypatch.setattr(sab.replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})
+
+
 def sigint_as_from_a_terminal() -> None:
     """`preexec_fn` for a driver a test will Ctrl-C: SIGINT at its default, as a terminal's foreground
     job has it. A shell's background job (`bash .ci/run &`) starts with SIGINT ignored, and a child

@@ -10,8 +10,6 @@ import dataclasses
 import pytest
 import torch
 
-import sab.replay as replay
-import sab.sparse_attention as sparse_attention
 from benchmarks.launches import _Counter
 from sab.graphs import WARMUP, GraphedStep, graphs_wanted
 from sab.methods import METHODS
@@ -22,12 +20,10 @@ TINY = dict(task="copy", seq_len=5, hidden_size=8, batch_size=4, eval_batches=1,
 
 
 @pytest.mark.parametrize("method", ["sab", "tbptt", "bptt_cell", "bptt", "self_attention", "sab_reference"])
-def test_a_graphed_step_reads_nothing_back_after_its_warm_up(method, monkeypatch):
+def test_a_graphed_step_reads_nothing_back_after_its_warm_up(method, gpu_path, monkeypatch):
     """Counted with a TorchDispatchMode over the engine and the clip (Adam's step counters are the
     optimizer's: `capturable=True` keeps them on a GPU), plus every tolist() and numpy(). Without the
     cache of scored positions (sab.model.scored_steps), every engine but bptt read them back each step."""
-    monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)  # the GPU's top-k path
-    monkeypatch.setattr(replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})  # the GPU's sum of G's credit
     spec = TrialSpec(method=method, cuda_graphs="on", **TINY)
     task = make_task(spec.task, spec.seq_len)
     model = build(spec, task, torch.device("cpu"), torch.float32)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-import sab.replay as replay
-import sab.sparse_attention as sparse_attention
 from benchmarks.launches import count_step
 
 SIZES = {"hidden_size": 8, "batch_size": 2, "k_trunc": 5, "k_att": 5, "k_top": 3}
@@ -17,9 +15,7 @@ SIZES = {"hidden_size": 8, "batch_size": 2, "k_trunc": 5, "k_att": 5, "k_top": 3
 @pytest.mark.parametrize(
     "method,replay_group", [("sab", 1), ("sab", 4), ("tbptt", 1), ("bptt_cell", 1), ("self_attention", 1), ("bptt", 1)]
 )
-def test_read_backs_per_step_do_not_grow_with_the_length(method, replay_group, monkeypatch):
-    monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)  # the GPU's path: a stable sort, no read-back
-    monkeypatch.setattr(replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})  # the GPU's sum of G's credit
+def test_read_backs_per_step_do_not_grow_with_the_length(method, replay_group, gpu_path):
     short, long = count_step(method, 40, replay_group=replay_group, **SIZES), count_step(method, 120, replay_group=replay_group, **SIZES)
     assert short.syncs == long.syncs, (short, long)
     assert long.syncs <= 12  # Adam's step counter of each parameter (CPU tensors unless capturable); tolist() is not seen here
@@ -44,14 +40,12 @@ def test_segments_whose_memories_no_read_picked_are_not_replayed():
     assert _segments_with_credit(run, [19], 20, 5, 5, 1, n_mem)[2] is True
 
 
-def test_sab_launches_per_time_step_on_the_gpu_path(monkeypatch):
+def test_sab_launches_per_time_step_on_the_gpu_path(gpu_path):
     """Issue #13: at most 35 ATen compute ops per time step of sab with a GPU's replay group (the
     shapes of benchmarks/README.md's launch table), and fewer than with one segment at a time."""
     from benchmarks.launches import per_time_step
     from sab.replay import REPLAY_GROUP
 
-    monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)
-    monkeypatch.setattr(replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})  # the GPU's sum of G's credit
     shapes = {"hidden_size": 32, "batch_size": 4, "k_trunc": 10, "k_att": 10, "k_top": 5}
     grouped, syncs = per_time_step("sab", (100, 200), replay_group=REPLAY_GROUP["cuda"], **shapes)
     single, _ = per_time_step("sab", (100, 200), replay_group=1, **shapes)
@@ -59,16 +53,13 @@ def test_sab_launches_per_time_step_on_the_gpu_path(monkeypatch):
     assert syncs == 0 and single - grouped > 15, (single, grouped)
 
 
-def test_static_shapes_path_reads_back_less_and_stays_under_35(monkeypatch):
+def test_static_shapes_path_reads_back_less_and_stays_under_35(gpu_path, monkeypatch):
     """The shape-static path replays every segment instead of reading the picks back to skip the
     dead ones (on a GPU, one sync fewer per training step), and with the mask's one add per step
     the CUDA default's ops per time step stay <= 35."""
     import sab.replay
     from benchmarks.launches import per_time_step
     from sab.replay import REPLAY_GROUP
-
-    monkeypatch.setattr(sparse_attention, "TIE_CHECK_ON_CPU", False)
-    monkeypatch.setattr(replay, "SORTED_CREDIT_DEVICES", {"cpu", "cuda"})  # the GPU's sum of G's credit
 
     def no_read_back(*args):  # the plan reads the picks back (a no-op copy on the CPU, a sync on a GPU)
         raise AssertionError("the static path read the picks back")
