@@ -1,38 +1,47 @@
 #!/usr/bin/env bash
-# One command, <= 5 minutes on one GPU, torch only (no Ray, MLflow or network needed):
-#   PYTHONPATH=. bash benchmarks/gpu_check.sh
-# 1. sab vs sab_reference gradient parity on CUDA, and run-to-run determinism of sab's gradients
-#    (G's credit summed by index_put_, which must repeat bit for bit; index_add_'s atomics measured beside it);
-# 2. the cost benchmark on CUDA (cuDNN bptt, bptt_cell, tbptt, self_attention, sab_reference, sab)
-#    at T = 300, 1000, 5000 - what cannot fit, or would take minutes, is skipped and marked;
-# 3. eager against whole-step CUDA graphs (--cuda-graphs off on) at T = 1000;
-# the cost tables are printed last (also results/cost/gpu_cost_short.csv, gpu_cost_5000.csv and gpu_cost_graphs.csv).
-# A parity failure does not stop the costs: they are measured and printed, and the script exits 1.
+# One command, <= 9 minutes on one GPU, torch only (no Ray, MLflow or network needed):
+#   PYTHONPATH=. bash benchmarks/gpu_check.sh            # RESULTS=folder to keep the figures elsewhere
+# Stages, most important first, each under its own time limit (a stage cut short loses only itself):
+# 1. parity: sab vs sab_reference gradients on CUDA; float64 gradients on CUDA vs the CPU (sab, cuDNN's
+#    bptt, bptt_cell, tbptt); run-to-run determinism of sab (index_put_ must repeat bit for bit,
+#    index_add_'s atomics measured beside it);
+# 2. launches: the kernels, copies and fills the GPU really ran per time step (torch.profiler) and the
+#    host syncs it made (sync debug mode), beside the CPU's dispatch-mode counts in benchmarks/README;
+# 3. costs at T = 1000, B = 64, H = 128 (issue #13's goal: sab within 10x of cuDNN's bptt), eager and
+#    whole-step CUDA graphs side by side;
+# 4. one short copy trial through sab.train on CUDA (cuda_graphs auto: the trial's own graphed path);
+# 5. costs at T = 5000, eager, then graphed.
+# Figures: the output, and $RESULTS/gpu_cost_1000.csv, gpu_cost_5000.csv and gpu_cost_5000_graphs.csv.
 # Every engine runs in float32 without TF32 (sab.measure.full_float32), cuDNN's included.
+# Exit 0 only when every stage passed; a failed stage does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="${PYTHONPATH:-.}"
+export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
+RESULTS="${RESULTS:-results/cost}"
+B="${B:-64}"
+mkdir -p "$RESULTS"
 "$PY" -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU'); sys.exit(0 if torch.cuda.is_available() else 1)" || exit 1
-mkdir -p results/cost
-"$PY" -m benchmarks.parity --device cuda
-parity=$?
-# T=5000: the eager references are O(T^2) graphs; keep the engines that finish in seconds.
-"$PY" -m benchmarks.cost --device cuda --repeats 3 --lengths 300 1000 --methods bptt bptt_cell tbptt self_attention sab_reference sab \
-  --out results/cost/gpu_cost_short.csv > /tmp/sab_gpu_short.md
-short=$?
-"$PY" -m benchmarks.cost --device cuda --repeats 3 --lengths 5000 --methods bptt bptt_cell tbptt sab \
-  --out results/cost/gpu_cost_5000.csv > /tmp/sab_gpu_5000.md
-long=$?
-# Eager against whole-step CUDA graphs (sab.graphs), side by side: the rows' cuda_graphs column says whether the capture held.
-"$PY" -m benchmarks.cost --device cuda --repeats 3 --lengths 1000 --methods bptt bptt_cell tbptt sab --cuda-graphs off on \
-  --out results/cost/gpu_cost_graphs.csv > /tmp/sab_gpu_graphs.md
-graphs=$?
-echo
-echo "skipped at T=5000 (run time, not memory): self_attention, sab_reference"
-cat /tmp/sab_gpu_short.md
-tail -n +3 /tmp/sab_gpu_5000.md
-cat /tmp/sab_gpu_graphs.md
-"$PY" -c "import csv; [print(r['method'], r['seq_len'], 'cuda_graphs:', r['cuda_graphs']) for r in csv.DictReader(open('results/cost/gpu_cost_graphs.csv'))]"
-echo "parity: $([ $parity -eq 0 ] && echo ok || echo FAILED); costs: results/cost/gpu_cost_short.csv (exit $short), results/cost/gpu_cost_5000.csv (exit $long), results/cost/gpu_cost_graphs.csv (exit $graphs)"
-[ $parity -eq 0 ] && [ $short -eq 0 ] && [ $long -eq 0 ] && [ $graphs -eq 0 ]
+failed=()
+stage() {  # stage NAME LIMIT_S COMMAND...: run it under a time limit, say how it ended
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  echo "== $name (limit ${limit} s)"
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "== $name: exit $rc after $((SECONDS - start)) s"
+  [ $rc -eq 0 ] || failed+=("$name (exit $rc)")
+}
+stage parity 150 "$PY" -m benchmarks.parity --device cuda
+stage launches 120 "$PY" -m benchmarks.launches --device cuda --replay-group 16 --methods bptt_cell tbptt self_attention sab
+stage launches-static 60 "$PY" -m benchmarks.launches --device cuda --replay-group 16 --static-shapes --methods sab
+stage cost-1000 240 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 1000 \
+  --methods bptt bptt_cell tbptt self_attention sab --cuda-graphs off on --out "$RESULTS/gpu_cost_1000.csv"
+stage trial 90 "$PY" -m sab.train --device cuda --task copy --seq-len 30 --method sab --steps 60 --eval-interval 30 --batch-size 64
+stage cost-5000 200 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 5000 \
+  --methods bptt bptt_cell tbptt sab --out "$RESULTS/gpu_cost_5000.csv"
+stage cost-5000-graphed 200 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 5000 \
+  --methods bptt bptt_cell sab --cuda-graphs on --out "$RESULTS/gpu_cost_5000_graphs.csv"
+if [ ${#failed[@]} -eq 0 ]; then echo "gpu_check: every stage passed"; exit 0; fi
+echo "gpu_check: failed: ${failed[*]}"
+exit 1

@@ -1,7 +1,8 @@
-"""Kernel launches and host syncs per time step of every engine, counted on the CPU.
+"""Kernel launches and host syncs per time step of every engine, counted on the CPU (or on a GPU).
 
     python -m benchmarks.launches                      # H=32, B=4, k_trunc=k_att=10, k_top=5, L = 100 and 200
     python -m benchmarks.launches --lengths 120 240 --hidden-size 64 --batch-size 32 --k-att 5 --k-trunc 5 --k-top 3
+    python -m benchmarks.launches --device cuda         # what a GPU really ran: kernels (torch.profiler), syncs (sync debug mode)
 
 On a GPU at research batch sizes an eager recurrent loop is bound by kernel launches and by
 host-device syncs, not by arithmetic. A TorchDispatchMode sees every ATen op of one training step
@@ -58,25 +59,61 @@ def count_step(
     k_top: int,
     replay_group: int = 1,
     static_shapes: bool = False,
+    device: str = "cpu",
 ) -> Counts:
-    """The ops of one training step (after one warm-up step) of `method` at sequence length `length`."""
+    """The ops of one training step (after one warm-up step) of `method` at sequence length `length`:
+    ATen ops seen by a dispatch mode on the CPU, or on CUDA what the device itself saw (count_on_cuda)."""
     from benchmarks.cost_worker import Worker
 
     config = {"method": method, "seq_len": length, "hidden_size": hidden_size, "batch_size": batch_size, "k_trunc": k_trunc,
-              "k_att": k_att, "k_top": k_top, "replay_group": replay_group, "static_shapes": static_shapes, "threads": 1, "device": "cpu"}  # fmt: skip
+              "k_att": k_att, "k_top": k_top, "replay_group": replay_group, "static_shapes": static_shapes, "threads": 1, "device": device}  # fmt: skip
     worker = Worker(config)
     worker.step()
+    if device != "cpu":
+        return count_on_cuda(worker.step)
     counter = _Counter()
     with counter:
         worker.step()
     return counter.counts
 
 
+def count_on_cuda(step) -> Counts:
+    """What one call of `step` makes a CUDA device do: the kernels, copies and fills it runs
+    (torch.profiler's device events) and the host syncs it makes (torch.cuda's sync debug mode warns
+    at each one). The real figures behind the dispatch mode's count, e.g. index_put_'s sort kernels."""
+    import warnings
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    launches = sum(1 for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum(1 for w in caught if "synchroniz" in str(w.message))
+    return Counts(compute=launches, syncs=syncs)
+
+
 def per_time_step(method: str, lengths: tuple[int, int], **sizes) -> tuple[float, float]:
     """(compute ops, syncs) per time step: the difference of two lengths' counts over their difference."""
+    compute, syncs, _ = _row(method, lengths, **sizes)
+    return compute, syncs
+
+
+def _row(method: str, lengths: tuple[int, int], **sizes) -> tuple[float, float, int]:
+    """Compute ops and syncs per time step, and the syncs of a whole step at the longer length."""
     short, long = (count_step(method, length, **sizes) for length in lengths)
     span = lengths[1] - lengths[0]
-    return (long.compute - short.compute) / span, (long.syncs - short.syncs) / span
+    return (long.compute - short.compute) / span, (long.syncs - short.syncs) / span, long.syncs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-group", type=int, default=1, help="sab: segments replayed forward at once (default 1)")
     parser.add_argument("--static-shapes", action="store_true", help="sab: its shape-static path (what a CUDA graph needs)")
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu: count ATen ops with a dispatch mode; cuda: count the kernels the GPU ran and its syncs (needs a GPU)",
+    )
+    parser.add_argument(
         "--cpu-path",
         action="store_true",
         help="count the CPU's own path (its top-k tie check reads back once per step); default: the GPU's",
@@ -102,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     import sab.replay
     import sab.sparse_attention
 
+    on_cuda = args.device != "cpu"
+    if on_cuda and args.cpu_path:
+        parser.error("--cpu-path counts the CPU's path; on --device cuda the GPU's own path runs")
     sab.sparse_attention.TIE_CHECK_ON_CPU = args.cpu_path
     sab.replay.SORTED_CREDIT_DEVICES = {"cuda"} if args.cpu_path else {"cpu", "cuda"}  # the GPU's deterministic sum of G's credit
     sizes = {
@@ -112,13 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         "k_top": args.k_top,
         "replay_group": args.replay_group,
         "static_shapes": args.static_shapes,
+        "device": args.device,
     }
     print(f"Per time step, L = {args.lengths[0]} and {args.lengths[1]}, {sizes}, {'CPU' if args.cpu_path else 'GPU'} path")
-    print("| method | ATen compute ops / time step | host syncs / time step |")
-    print("|---|---|---|")
+    what = "CUDA kernels, copies and fills run" if on_cuda else "ATen compute ops"
+    print(f"| method | {what} / time step | host syncs / time step | host syncs in a step at L = {args.lengths[1]} |")
+    print("|---|---|---|---|")
     for method in args.methods:
-        compute, syncs = per_time_step(method, tuple(args.lengths), **sizes)
-        print(f"| {method} | {compute:.1f} | {syncs:.2f} |", flush=True)
+        compute, syncs, step_syncs = _row(method, tuple(args.lengths), **sizes)
+        print(f"| {method} | {compute:.1f} | {syncs:.2f} | {step_syncs} |", flush=True)
     return 0
 
 

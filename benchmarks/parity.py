@@ -28,10 +28,12 @@ CASES = [  # (dtype, L, k_trunc, k_att, k_top, tolerance)
 ]
 
 
-def _case(device: torch.device, dtype: torch.dtype, L: int, k_att: int, k_top: int, batch_size: int, seed: int) -> tuple:
-    """A sab model (seed 0) and one random batch (`seed`) of L steps, every step scored."""
+def _case(
+    device: torch.device, dtype: torch.dtype, L: int, k_att: int, k_top: int, batch_size: int, seed: int, method: str = "sab"
+) -> tuple:
+    """A `method` model (seed 0) and one random batch (`seed`) of L steps, every step scored."""
     torch.manual_seed(0)
-    model = build_model("sab", 10, 32, 10, k_top=k_top, k_att=k_att, scorer_init="uniform").to(device=device, dtype=dtype)
+    model = build_model(method, 10, 32, 10, k_top=k_top, k_att=k_att, scorer_init="uniform").to(device=device, dtype=dtype)
     g = torch.Generator().manual_seed(seed)
     batch = Batch(
         torch.randn(batch_size, L, 10, generator=g, dtype=dtype).to(device),
@@ -52,6 +54,22 @@ def relative_gap(device: torch.device, dtype: torch.dtype, L: int, k_trunc: int,
     model, batch = _case(device, dtype, L, k_att, k_top, batch_size=4, seed=1)
     ref, got = (_gradients(engine, model, batch, k_trunc) for engine in ("sab_reference", "sab"))
     return max(((got[n] - ref[n]).norm() / ref[n].norm()).item() for n in ref)
+
+
+CROSS_DEVICE_ENGINES = ("sab", "bptt", "bptt_cell", "tbptt")
+"""Engines whose float64 gradients on a GPU must equal the CPU's (cuDNN's nn.LSTM included)."""
+CROSS_DEVICE_CASE = (torch.float64, 100, 10, 5, 3, 1e-10)
+
+
+def cross_device_gap(device: torch.device, engine: str) -> float:
+    """max over parameters of |g_device - g_cpu| / |g_cpu|: one engine, one batch, built alike on both."""
+    dtype, L, k_trunc, k_att, k_top, _ = CROSS_DEVICE_CASE
+    grads = []
+    for where in (torch.device("cpu"), device):
+        model, batch = _case(where, dtype, L, k_att, k_top, batch_size=4, seed=3, method=engine)
+        grads.append({n: g.cpu() for n, g in _gradients(engine, model, batch, k_trunc).items()})
+    cpu, dev = grads
+    return max(((dev[n] - cpu[n]).norm() / cpu[n].norm()).item() for n in cpu)
 
 
 DETERMINISM_CASE = (torch.float32, 300, 10, 10, 5)
@@ -87,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         failed |= not ok
         print(f"parity {device.type} {str(dtype).split('.')[1]} L={L} k_trunc={k_trunc} k_att={k_att} k_top={k_top}: "
               f"max relative gradient gap {gap:.2e} (tolerance {tolerance:.0e}) {'ok' if ok else 'FAILED'}")  # fmt: skip
+    for engine in CROSS_DEVICE_ENGINES if device.type != "cpu" else ():
+        gap, tolerance = cross_device_gap(device, engine), CROSS_DEVICE_CASE[-1]
+        ok = gap <= tolerance
+        failed |= not ok
+        print(f"cpu vs {device.type} {engine} float64 L={CROSS_DEVICE_CASE[1]}: max relative gradient gap {gap:.2e} "
+              f"(tolerance {tolerance:.0e}) {'ok' if ok else 'FAILED'}")  # fmt: skip
     for sorted_credit in (True, False):
         gap = run_to_run_gap(device, sorted_credit)
         how = "index_put_ (sorted: the engine's path)" if sorted_credit else "index_add_ (for comparison)"

@@ -91,7 +91,7 @@ def test_gpu_check_header_names_every_file_it_writes():
     """Its users read the header to find the figures (it once named a csv it never wrote)."""
     text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
-    written = re.findall(r"--out results/cost/(\S+)", text)
+    written = re.findall(r'--out "\$RESULTS/([^"]+)"', text)
     assert written and all(name in header for name in written), written
 
 
