@@ -1,0 +1,68 @@
+"""Where a sab training step's time goes: its no-grad pass 1 against the rest (replay and backward),
+beside the whole steps of bptt_cell and bptt, in one process.
+
+    python -m benchmarks.sab_split                 # T = 1000, B = 32, H = 128, k_trunc = k_att = 10, k_top = 5
+    python -m benchmarks.sab_split --length 300 --repeats 5
+
+sab = pass 1 (every step, every memory scored, no graph) + the replay (each segment's forward
+recomputed with a graph, then its backward). The replay costs at least what bptt_cell's whole step
+does, so sab / bptt_cell >= 1 + pass 1 / bptt_cell: the lower bound that issue #13's item 4 meets.
+Medians of interleaved repetitions, one thread. In one process the allocator's state is shared, so
+ratios differ a little from `benchmarks.cost`, which gives each engine its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from benchmarks.cost_worker import Worker
+
+
+def split_timings(length: int, repeats: int, hidden_size: int = 128, batch_size: int = 32, k_trunc: int = 10,
+                  k_att: int = 10, k_top: int = 5) -> dict[str, float]:  # fmt: skip
+    """Median seconds of: a sab step, sab's pass 1 alone, a bptt_cell step and a bptt step."""
+    base = {"seq_len": length, "hidden_size": hidden_size, "batch_size": batch_size, "k_trunc": k_trunc, "k_att": k_att,
+            "k_top": k_top, "threads": 1, "device": "cpu"}  # fmt: skip
+    sab, cell, bptt = (Worker({**base, "method": method}) for method in ("sab", "bptt_cell", "bptt"))
+    inputs, positions = sab.batch.inputs, sab.batch.positions
+
+    def pass_one() -> None:
+        sab.model.first_pass(inputs, positions, k_trunc=k_trunc, keep_picks=True)
+
+    jobs: dict[str, Callable[[], None]] = {"sab": sab.step, "sab pass 1": pass_one, "bptt_cell": cell.step, "bptt": bptt.step}
+    for job in jobs.values():  # warm up twice: allocator and caches
+        job()
+        job()
+    seconds: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the split and the lower bound it sets on sab / bptt_cell."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sab_split", description=__doc__.split("\n")[0])
+    parser.add_argument("--length", type=int, default=1000, help="sequence length T")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions (medians)")
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    med = split_timings(args.length, args.repeats, args.hidden_size, args.batch_size)
+    rest = med["sab"] - med["sab pass 1"]
+    print(f"T = {args.length}, B = {args.batch_size}, H = {args.hidden_size}, medians of {args.repeats}, seconds per step:")
+    print("| sab | sab pass 1 | sab replay + backward | bptt_cell | bptt | pass 1 / bptt_cell | sab / bptt_cell | sab / bptt |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {med['sab']:.4f} | {med['sab pass 1']:.4f} | {rest:.4f} | {med['bptt_cell']:.4f} | {med['bptt']:.4f} "
+          f"| {med['sab pass 1'] / med['bptt_cell']:.2f} | {med['sab'] / med['bptt_cell']:.2f} | {med['sab'] / med['bptt']:.2f} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
