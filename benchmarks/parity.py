@@ -3,8 +3,9 @@ determinism, on any device.
 
     python -m benchmarks.parity --device cuda
 
-Prints one line per case: the largest relative gradient difference over the parameters; then
-the largest difference between repeated runs of one step, with G's credit summed by
+Prints one line per case: the largest relative gradient difference over the parameters; on a GPU,
+then the same between float64 gradients computed there and on the CPU (sab, cuDNN's bptt, bptt_cell,
+tbptt); then the largest difference between repeated runs of one step, with G's credit summed by
 `index_put_(accumulate=True)` (sab.replay.accumulate_rows: the engine's path on a GPU, which must
 repeat bit for bit) and, for comparison, by `index_add_` (atomics on a GPU: its measured effect).
 Needs torch only (a GPU machine may have nothing else).
