@@ -44,6 +44,18 @@ def _case(
     return model, batch
 
 
+def _max_relative_gap(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
+    """max over parameters of |got - ref| / |ref|."""
+    return max(((got[n] - ref[n]).norm() / ref[n].norm()).item() for n in ref)
+
+
+def _within(label: str, gap: float, tolerance: float) -> bool:
+    """Print one case's line; is its gap within the tolerance?"""
+    ok = gap <= tolerance
+    print(f"{label}: max relative gradient gap {gap:.2e} (tolerance {tolerance:.0e}) {'ok' if ok else 'FAILED'}")
+    return ok
+
+
 def _gradients(engine: str, model, batch: Batch, k_trunc: int) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     METHODS[engine].engine(model, batch, cross_entropy, k_trunc)
@@ -54,7 +66,7 @@ def relative_gap(device: torch.device, dtype: torch.dtype, L: int, k_trunc: int,
     """max over parameters of |g_sab - g_ref| / |g_ref| for one random batch."""
     model, batch = _case(device, dtype, L, k_att, k_top, batch_size=4, seed=1)
     ref, got = (_gradients(engine, model, batch, k_trunc) for engine in ("sab_reference", "sab"))
-    return max(((got[n] - ref[n]).norm() / ref[n].norm()).item() for n in ref)
+    return _max_relative_gap(got, ref)
 
 
 CROSS_DEVICE_ENGINES = ("sab", "bptt", "bptt_cell", "tbptt")
@@ -69,8 +81,7 @@ def cross_device_gap(device: torch.device, engine: str) -> float:
     for where in (torch.device("cpu"), device):
         model, batch = _case(where, dtype, L, k_att, k_top, batch_size=4, seed=3, method=engine)
         grads.append({n: g.cpu() for n, g in _gradients(engine, model, batch, k_trunc).items()})
-    cpu, dev = grads
-    return max(((dev[n] - cpu[n]).norm() / cpu[n].norm()).item() for n in cpu)
+    return _max_relative_gap(grads[1], grads[0])
 
 
 DETERMINISM_CASE = (torch.float32, 300, 10, 10, 5)
@@ -90,7 +101,7 @@ def run_to_run_gap(device: torch.device, sorted_credit: bool, runs: int = RUNS) 
     finally:
         sab.replay.SORTED_CREDIT_DEVICES = saved
     first = grads[0]
-    return max(((run[n] - first[n]).norm() / first[n].norm()).item() for run in grads[1:] for n in first)
+    return max(_max_relative_gap(run, first) for run in grads[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,17 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     failed = False
     for dtype, L, k_trunc, k_att, k_top, tolerance in CASES:
-        gap = relative_gap(device, dtype, L, k_trunc, k_att, k_top)
-        ok = gap <= tolerance
-        failed |= not ok
-        print(f"parity {device.type} {str(dtype).split('.')[1]} L={L} k_trunc={k_trunc} k_att={k_att} k_top={k_top}: "
-              f"max relative gradient gap {gap:.2e} (tolerance {tolerance:.0e}) {'ok' if ok else 'FAILED'}")  # fmt: skip
+        label = f"parity {device.type} {str(dtype).split('.')[1]} L={L} k_trunc={k_trunc} k_att={k_att} k_top={k_top}"
+        failed |= not _within(label, relative_gap(device, dtype, L, k_trunc, k_att, k_top), tolerance)
     for engine in CROSS_DEVICE_ENGINES if device.type != "cpu" else ():
-        gap, tolerance = cross_device_gap(device, engine), CROSS_DEVICE_CASE[-1]
-        ok = gap <= tolerance
-        failed |= not ok
-        print(f"cpu vs {device.type} {engine} float64 L={CROSS_DEVICE_CASE[1]}: max relative gradient gap {gap:.2e} "
-              f"(tolerance {tolerance:.0e}) {'ok' if ok else 'FAILED'}")  # fmt: skip
+        label = f"cpu vs {device.type} {engine} float64 L={CROSS_DEVICE_CASE[1]}"
+        failed |= not _within(label, cross_device_gap(device, engine), CROSS_DEVICE_CASE[-1])
     for sorted_credit in (True, False):
         gap = run_to_run_gap(device, sorted_credit)
         how = "index_put_ (sorted: the engine's path)" if sorted_credit else "index_add_ (for comparison)"

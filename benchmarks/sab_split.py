@@ -18,16 +18,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
+from benchmarks.cost import CostConfig
 from benchmarks.cost_worker import Worker
 
 
 def split_timings(length: int, repeats: int, hidden_size: int = 128, batch_size: int = 32, k_trunc: int = 10,
                   k_att: int = 10, k_top: int = 5) -> dict[str, float]:  # fmt: skip
     """Median seconds of: a sab step, sab's pass 1 alone, a bptt_cell step and a bptt step."""
-    base = {"seq_len": length, "hidden_size": hidden_size, "batch_size": batch_size, "k_trunc": k_trunc, "k_att": k_att,
-            "k_top": k_top, "threads": 1, "device": "cpu"}  # fmt: skip
-    sab, cell, bptt = (Worker({**base, "method": method}) for method in ("sab", "bptt_cell", "bptt"))
+    sizes = {"hidden_size": hidden_size, "batch_size": batch_size, "k_trunc": k_trunc, "k_att": k_att, "k_top": k_top}
+    sab, cell, bptt = (Worker(asdict(CostConfig(method, length, **sizes))) for method in ("sab", "bptt_cell", "bptt"))  # one thread, CPU
     inputs, positions = sab.batch.inputs, sab.batch.positions
 
     def pass_one() -> None:
