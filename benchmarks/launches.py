@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -63,11 +63,12 @@ def count_step(
 ) -> Counts:
     """The ops of one training step (after one warm-up step) of `method` at sequence length `length`:
     ATen ops seen by a dispatch mode on the CPU, or on CUDA what the device itself saw (count_on_cuda)."""
+    from benchmarks.cost import CostConfig
     from benchmarks.cost_worker import Worker
 
-    config = {"method": method, "seq_len": length, "hidden_size": hidden_size, "batch_size": batch_size, "k_trunc": k_trunc,
-              "k_att": k_att, "k_top": k_top, "replay_group": replay_group, "static_shapes": static_shapes, "threads": 1, "device": device}  # fmt: skip
-    worker = Worker(config)
+    config = CostConfig(method, length, hidden_size, batch_size, k_trunc, k_att, k_top, device=device, replay_group=replay_group,
+                        static_shapes=static_shapes)  # fmt: skip
+    worker = Worker(asdict(config))  # one thread, as the cost benchmark's workers
     worker.step()
     if device != "cpu":
         return count_on_cuda(worker.step)
