@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command, <= 9 minutes on one GPU, torch only (no Ray, MLflow or network needed):
+# One command, <= 9.5 minutes on one GPU (stage limits sum to 570 s), torch only (no Ray, MLflow or network needed):
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh            # RESULTS=folder to keep the figures elsewhere
 # Stages, most important first, each under its own time limit (a stage cut short loses only itself):
 # 1. parity: sab vs sab_reference gradients on CUDA; float64 gradients on CUDA vs the CPU (sab, cuDNN's
@@ -32,15 +32,15 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run it under a time limit, say how i
   echo "== $name: exit $rc after $((SECONDS - start)) s"
   [ $rc -eq 0 ] || failed+=("$name (exit $rc)")
 }
-stage parity 150 "$PY" -m benchmarks.parity --device cuda
-stage launches 120 "$PY" -m benchmarks.launches --device cuda --replay-group 16 --methods bptt_cell tbptt self_attention sab
-stage launches-static 60 "$PY" -m benchmarks.launches --device cuda --replay-group 16 --static-shapes --methods sab
-stage cost-1000 240 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 1000 \
+stage parity 100 "$PY" -m benchmarks.parity --device cuda
+stage launches 70 "$PY" -m benchmarks.launches --device cuda --replay-group 16 --methods bptt_cell tbptt self_attention sab
+stage launches-static 35 "$PY" -m benchmarks.launches --device cuda --replay-group 16 --static-shapes --methods sab
+stage cost-1000 200 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 1000 \
   --methods bptt bptt_cell tbptt self_attention sab --cuda-graphs off on --out "$RESULTS/gpu_cost_1000.csv"
-stage trial 90 "$PY" -m sab.train --device cuda --task copy --seq-len 30 --method sab --steps 60 --eval-interval 30 --batch-size 64
-stage cost-5000 200 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 5000 \
+stage trial 45 "$PY" -m sab.train --device cuda --task copy --seq-len 30 --method sab --steps 60 --eval-interval 30 --batch-size 64
+stage cost-5000 60 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 5000 \
   --methods bptt bptt_cell tbptt sab --out "$RESULTS/gpu_cost_5000.csv"
-stage cost-5000-graphed 200 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 5000 \
+stage cost-5000-graphed 60 "$PY" -m benchmarks.cost --device cuda --repeats 3 --batch-size "$B" --lengths 5000 \
   --methods bptt bptt_cell sab --cuda-graphs on --out "$RESULTS/gpu_cost_5000_graphs.csv"
 if [ ${#failed[@]} -eq 0 ]; then echo "gpu_check: every stage passed"; exit 0; fi
 echo "gpu_check: failed: ${failed[*]}"
