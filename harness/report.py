@@ -7,8 +7,9 @@ Exit code: 0 when the report was written (or a fuller one kept), 2 for bad input
 or budget, unreachable store).
 
 One row per cell (its latest run with a result status, else its latest failure). Accuracy is
-the mean and 95% t interval over seeds of the ok cells (harness/stats.py); where the sweep has an lr axis, each method's lr is picked
-on validation accuracy and its test accuracy shown. Time tables use concurrency-1 rows only.
+the mean and 95% t interval over seeds of the ok cells (harness/stats.py). Where a method ran at
+several lrs, its lr is picked on mean validation accuracy and every section shows only that lr's
+cells (no figure pools lrs); the lr table shows them all. Time tables use concurrency-1 rows only.
 """
 
 from __future__ import annotations
@@ -104,17 +105,61 @@ def _fmt(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
     return found.text(digits, scale) if found else "—"
 
 
+def _validation_column(metric: str) -> str:
+    return metric if metric.startswith("val_") else f"val_{metric}"
+
+
+def _best_lr(group: pd.DataFrame, metric: str) -> float | None:
+    """The lr with the best mean validation metric over the group's ok cells; None without a choice."""
+    if "lr" not in group or group["lr"].nunique(dropna=True) <= 1:
+        return None
+    ok = group[group["status"] == "ok"]
+    column = _validation_column(metric)
+    if ok.empty or column not in ok or ok[column].isna().all():
+        return None
+    means = ok.groupby("lr")[column].mean()
+    return float(means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax())
+
+
 def _pick_lr(group: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
     """Rows of the lr with the best mean validation metric (all rows when there is no lr choice)."""
-    if "lr" not in group or group["lr"].nunique(dropna=True) <= 1:
-        return group, ""
-    ok = group[group["status"] == "ok"]
-    column = metric if metric.startswith("val_") else f"val_{metric}"
-    if ok.empty or column not in ok:
-        return group, ""
-    means = ok.groupby("lr")[column].mean()
-    best = means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax()
-    return group[group["lr"] == best], f"{best:g}"
+    best = _best_lr(group, metric)
+    return (group, "") if best is None else (group[group["lr"] == best], f"{best:g}")
+
+
+def at_picked_lr(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each method's cells at its lr picked on validation (per method and configuration): what
+    every section but the lr table reports, so that no figure pools several lrs."""
+    if cells.empty or "lr" not in cells or "method" not in cells:
+        return cells
+    kept = [_pick_lr(group, metric)[0] for _, group in cells.groupby(_group_keys(cells), sort=True, dropna=False)]
+    return pd.concat(kept).sort_index() if kept else cells
+
+
+def lr_choice_table(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Every lr of each method that ran at several: its validation (and test) metric over seeds, the
+    picked one, and the picked lr's validation lead over each other lr with its interval."""
+    if cells.empty or "lr" not in cells or "method" not in cells:
+        return pd.DataFrame()
+    keys, column = _group_keys(cells), _validation_column(metric)
+    higher_is_better = metric not in LOWER_IS_BETTER
+    ok = cells[cells["status"] == "ok"]
+    rows = []
+    for values, group in ok.groupby(keys, sort=True, dropna=False):
+        best = _best_lr(group, metric)
+        if best is None:
+            continue
+        picked = group[group["lr"] == best][column]
+        for lr, runs in group.groupby("lr", sort=True):
+            row = dict(zip(keys, values if isinstance(values, tuple) else (values,)), lr=f"{lr:g}")
+            row[f"{column} (choice)"] = _fmt(runs[column])
+            if column != metric:
+                row[f"{metric} (not used to choose)"] = _fmt(runs[metric])
+            row["picked"] = "yes" if lr == best else ""
+            lead = difference(f"{best:g}", picked, f"{lr:g}", runs[column]) if lr != best else None
+            row["picked - this, validation"] = lead.text(higher_is_better=higher_is_better) if lead else "—"
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _paper_value(config: SweepConfig, method: str, seq_len, metric: str, transfer: list[str]) -> str:
@@ -455,14 +500,16 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         (out / "report.md").write_text(f"# {config.name} ({config.budget})\n\nNo runs recorded yet.\n")
         return Report(out / "report.md", (out / "report.md",))
     cells.to_csv(out / "cells.csv", index=False)
-    tracker.log_summary(headline(cells, config.metric))
+    picked = at_picked_lr(cells, config.metric)  # every section but the lr table: one lr per method
+    lr_table = lr_choice_table(cells, config.metric)
+    tracker.log_summary(headline(picked, config.metric))
     table = main_table(cells, config)
     table.to_csv(out / "main_table.csv", index=False)
-    memory, timing = memory_table(cells), time_table(cells)
+    memory, timing = memory_table(picked), time_table(picked)
     timing_runs = tracker.timing_runs(config.budget)
     clean = wall_clock_table(timing_runs)
-    reaching = time_to_accuracy(cells, tracker, timing_runs) if config.metric == "accuracy" else pd.DataFrame()
-    made = metric_plots(cells, out)
+    reaching = time_to_accuracy(picked, tracker, timing_runs) if config.metric == "accuracy" else pd.DataFrame()
+    made = metric_plots(picked, out)
     statuses = cells["status"].value_counts().sort_index()
     failures = cells[cells["status"].isin(FAILURE_STATUSES + ("oom", "diverged"))]
     devices = cells["device_name"].dropna().unique().tolist()
@@ -480,13 +527,14 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         lines.append(f"Wall time of the invocation that wrote this report: {wall_seconds / 60:.1f} min.")
     else:
         lines += invocation_times(cells, tracker)
-    summary = contrast(cells, config.metric)
+    summary = contrast(picked, config.metric)
     if summary:
         lines += [
             "",
             "## What SAB buys over BPTT",
             "",
-            f"Mean [{INTERVAL_NAME}] (n); a difference is called only when its interval excludes 0.",
+            f"Mean [{INTERVAL_NAME}] (n); a difference is called only when its interval excludes 0."
+            + (" Each method at its lr picked on validation (section Learning rates)." if not lr_table.empty else ""),
             "",
             *[f"- {s}" for s in summary],
         ]
@@ -511,7 +559,14 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         "", _markdown(reaching) if not reaching.empty else "_No validation curves recorded._",
         "", "## Learning rates", "", *lr_provenance(cells, config),
     ]  # fmt: skip
-    stopping = stopping_table(cells)
+    if not lr_table.empty:
+        lines += [
+            "", "Every lr of the methods that ran at several, mean [" + INTERVAL_NAME + "] (n) over seeds. The lr with the best "
+            "mean validation figure is picked, and every other section of this report shows only its cells; the last column "
+            "says whether the pick beats each other lr by more than the seeds' spread.",
+            "", _markdown(lr_table),
+        ]  # fmt: skip
+    stopping = stopping_table(picked)
     if not stopping.empty:
         lines += [
             "", "## Stopping and model selection", "",
@@ -524,7 +579,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         lines += ["", "## Time of cells run one at a time", "", _markdown(timing)]
     if not failures.empty:
         lines += ["", "## Cells that did not finish ok", "", _markdown(failures[["name", "status", "error_type", "error"]].fillna(""))]
-    lines += attention_section(cells, tracker, out)
+    lines += attention_section(picked, tracker, out)
     if config.notes:
         lines += ["", "## Notes", "", config.notes]
     lines += [

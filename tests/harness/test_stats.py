@@ -8,7 +8,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from harness.config import load_sweep
-from harness.report import contrast, main_table, stopping_table
+from harness.report import at_picked_lr, contrast, headline, lr_choice_table, main_table, stopping_table
 from harness.stats import difference, estimate
 
 
@@ -83,3 +83,45 @@ def test_the_stopping_table_counts_solved_cells_and_gives_the_selected_steps():
     assert rows.loc["bptt", "test figures from step"] == "the last"
     older = cells.drop(columns="stop_reason")  # cells logged before stop_reason was a tag: a short run was solved
     assert stopping_table(older).set_index("method").loc["sab", "stopped"] == "1 solved, 2 at the step budget (of 3)"
+
+
+def _lr_study_cells() -> pd.DataFrame:
+    """SAB best at 3e-3, BPTT best at 1e-2 on validation; test figures follow validation."""
+    rows = []
+    for method, by_lr in (
+        ("sab", {0.003: (0.9, 0.8, 0.85), 0.01: (0.3, 0.2, 0.25)}),
+        ("bptt", {0.003: (0.2, 0.1, 0.15), 0.01: (0.4, 0.3, 0.35)}),
+    ):
+        for lr, vals in by_lr.items():
+            for seed, val in enumerate(vals):
+                rows.append({"method": method, "seq_len": 100, "lr": lr, "seed": seed, "status": "ok", "val_accuracy": val,
+                             "accuracy": val - 0.01, "peak_bytes": 1.0 if method == "sab" else 4.0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_every_section_but_the_lr_table_sees_each_method_at_its_lr_picked_on_validation():
+    cells = _lr_study_cells()
+    picked = at_picked_lr(cells, "accuracy")
+    assert picked.groupby("method")["lr"].unique().map(list).to_dict() == {"bptt": [0.01], "sab": [0.003]}
+    assert len(picked) == 6
+    assert contrast(cells, "accuracy")[0].startswith("T=100: several configurations per method (varying lr)")
+    (line,) = contrast(picked, "accuracy")  # a real contrast, not the pooled lrs
+    assert line.startswith("T=100: accuracy SAB 0.840 [") and "BPTT 0.340 [" in line and "SAB better" in line
+    assert headline(picked, "accuracy")["accuracy.bptt.T100"] == 0.34  # the MLflow summary does not pool lrs
+    single = cells[cells["lr"] == 0.003]
+    assert at_picked_lr(single, "accuracy").equals(single)  # one lr: nothing to pick
+
+
+def test_the_lr_table_shows_every_lr_the_pick_and_its_validation_lead_with_an_interval():
+    cells = _lr_study_cells()
+    cells.loc[len(cells)] = {"method": "bptt", "seq_len": 100, "lr": 0.01, "seed": 3, "status": "crashed", "val_accuracy": float("nan")}
+    table = lr_choice_table(cells, "accuracy").set_index(["method", "lr"])
+    assert list(table.index) == [("bptt", "0.003"), ("bptt", "0.01"), ("sab", "0.003"), ("sab", "0.01")]
+    assert table["picked"].to_dict() == {("bptt", "0.003"): "", ("bptt", "0.01"): "yes", ("sab", "0.003"): "yes", ("sab", "0.01"): ""}
+    assert table.loc[("sab", "0.01"), "val_accuracy (choice)"].startswith("0.250 [")
+    assert table.loc[("sab", "0.01"), "accuracy (not used to choose)"].startswith("0.240 [")
+    lead = table.loc[("sab", "0.01"), "picked - this, validation"]
+    assert lead.startswith("0.003 - 0.01 = +0.600 [") and lead.endswith("0.003 better")
+    assert table.loc[("bptt", "0.01"), "val_accuracy (choice)"].endswith("(n=3)")  # the crashed cell has no figure
+    assert table.loc[("sab", "0.003"), "picked - this, validation"] == "—"
+    assert lr_choice_table(cells[cells["lr"] == 0.003], "accuracy").empty
