@@ -561,7 +561,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     ]  # fmt: skip
     if not lr_table.empty:
         lines += [
-            "", "Every lr of the methods that ran at several, mean [" + INTERVAL_NAME + "] (n) over seeds. The lr with the best "
+            "", "Every lr of the methods that ran at several, mean [" + INTERVAL_NAME + "] (n). The lr with the best "
             "mean validation figure is picked, and every other section of this report shows only its cells; the last column "
             "says whether the pick beats each other lr by more than the seeds' spread.",
             "", _markdown(lr_table),
