@@ -133,7 +133,7 @@ def at_picked_lr(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
     if cells.empty or "lr" not in cells or "method" not in cells:
         return cells
     kept = [_pick_lr(group, metric)[0] for _, group in cells.groupby(_group_keys(cells), sort=True, dropna=False)]
-    return pd.concat(kept).sort_index() if kept else cells
+    return pd.concat(kept).sort_index()
 
 
 def lr_choice_table(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
