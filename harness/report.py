@@ -8,7 +8,7 @@ or budget, unreachable store).
 
 One row per cell (its latest run with a result status, else its latest failure). Accuracy is
 the mean and 95% t interval over seeds of the ok cells (harness/stats.py). Where a method ran at
-several lrs, its lr is picked on mean validation accuracy and every section shows only that lr's
+several lrs, its lr is picked on mean validation accuracy (among the lrs with the fewest cells not ok) and every section shows only that lr's
 cells (no figure pools lrs); the lr table shows them all. Time tables use concurrency-1 rows only.
 """
 
@@ -75,11 +75,10 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
     # a cell's row: its latest result run if it has one, else its latest failure
     runs = runs.sort_values(["_result", "start_time"]).groupby("tags.cell_id", as_index=False).tail(1)
     rows = pd.DataFrame({"cell_id": runs["tags.cell_id"], "name": runs["tags.mlflow.runName"], "status": runs["tags.status"]})
-    for column in runs.columns:
-        if column.startswith("params."):
-            rows[column[len("params.") :]] = runs[column]
-        elif column.startswith("metrics.") and not column.startswith("metrics.curve_"):
-            rows[column[len("metrics.") :]] = runs[column]
+    # sorted: MLflow's column order varies between reads of one store, and cells.csv should not
+    for prefix in ("params.", "metrics."):
+        for column in sorted(c for c in runs.columns if c.startswith(prefix) and not c.startswith("metrics.curve_")):
+            rows[column[len(prefix) :]] = runs[column]
     for tag in CELL_TAGS:
         rows[tag] = runs.get(f"tags.{tag}")
     rows["run_id"] = runs["run_id"]
@@ -110,14 +109,18 @@ def _validation_column(metric: str) -> str:
 
 
 def _best_lr(group: pd.DataFrame, metric: str) -> float | None:
-    """The lr with the best mean validation metric over the group's ok cells; None without a choice."""
+    """The lr picked on validation, None without a choice: among the lrs with the smallest share of
+    cells that are not ok (diverged, out of memory, crashed), the best mean over their ok cells, so
+    that an lr cannot win on the seeds it survived."""
     if "lr" not in group or group["lr"].nunique(dropna=True) <= 1:
         return None
     ok = group[group["status"] == "ok"]
     column = _validation_column(metric)
     if ok.empty or column not in ok or ok[column].isna().all():
         return None
-    means = ok.groupby("lr")[column].mean()
+    means = ok.groupby("lr")[column].mean().dropna()
+    not_ok_share = (group["status"] != "ok").groupby(group["lr"]).mean().reindex(means.index)
+    means = means[not_ok_share == not_ok_share.min()]
     return float(means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax())
 
 
@@ -143,18 +146,20 @@ def lr_choice_table(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
         return pd.DataFrame()
     keys, column = _group_keys(cells), _validation_column(metric)
     higher_is_better = metric not in LOWER_IS_BETTER
-    ok = cells[cells["status"] == "ok"]
     rows = []
-    for values, group in ok.groupby(keys, sort=True, dropna=False):
+    for values, group in cells.groupby(keys, sort=True, dropna=False):
         best = _best_lr(group, metric)
         if best is None:
             continue
-        picked = group[group["lr"] == best][column]
-        for lr, runs in group.groupby("lr", sort=True):
+        ok = group[group["status"] == "ok"]
+        picked = ok[ok["lr"] == best][column]
+        for lr, every in group.groupby("lr", sort=True):
+            runs = every[every["status"] == "ok"]
             row = dict(zip(keys, values if isinstance(values, tuple) else (values,)), lr=f"{lr:g}")
             row[f"{column} (choice)"] = _fmt(runs[column])
             if column != metric:
                 row[f"{metric} (not used to choose)"] = _fmt(runs[metric])
+            row["cells not ok"] = f"{len(every) - len(runs)} of {len(every)}"
             row["picked"] = "yes" if lr == best else ""
             lead = difference(f"{best:g}", picked, f"{lr:g}", runs[column]) if lr != best else None
             row["picked - this, validation"] = lead.text(higher_is_better=higher_is_better) if lead else "—"
@@ -561,8 +566,9 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     ]  # fmt: skip
     if not lr_table.empty:
         lines += [
-            "", "Every lr of the methods that ran at several, mean [" + INTERVAL_NAME + "] (n). The lr with the best "
-            "mean validation figure is picked, and every other section of this report shows only its cells; the last column "
+            "", "Every lr of the methods that ran at several, mean [" + INTERVAL_NAME + "] (n). Among the lrs with the "
+            "smallest share of cells not ok (diverged, out of memory, crashed), the one with the best mean validation figure "
+            "is picked, and every other section of this report shows only its cells; the last column "
             "says whether the pick beats each other lr by more than the seeds' spread.",
             "", _markdown(lr_table),
         ]  # fmt: skip

@@ -114,7 +114,7 @@ def test_every_section_but_the_lr_table_sees_each_method_at_its_lr_picked_on_val
 
 def test_the_lr_table_shows_every_lr_the_pick_and_its_validation_lead_with_an_interval():
     cells = _lr_study_cells()
-    cells.loc[len(cells)] = {"method": "bptt", "seq_len": 100, "lr": 0.01, "seed": 3, "status": "crashed", "val_accuracy": float("nan")}
+    cells.loc[len(cells)] = {"method": "bptt", "seq_len": 100, "lr": 0.003, "seed": 3, "status": "crashed", "val_accuracy": float("nan")}
     table = lr_choice_table(cells, "accuracy").set_index(["method", "lr"])
     assert list(table.index) == [("bptt", "0.003"), ("bptt", "0.01"), ("sab", "0.003"), ("sab", "0.01")]
     assert table["picked"].to_dict() == {("bptt", "0.003"): "", ("bptt", "0.01"): "yes", ("sab", "0.003"): "yes", ("sab", "0.01"): ""}
@@ -122,6 +122,19 @@ def test_the_lr_table_shows_every_lr_the_pick_and_its_validation_lead_with_an_in
     assert table.loc[("sab", "0.01"), "accuracy (not used to choose)"].startswith("0.240 [")
     lead = table.loc[("sab", "0.01"), "picked - this, validation"]
     assert lead.startswith("0.003 - 0.01 = +0.600 [") and lead.endswith("0.003 better")
-    assert table.loc[("bptt", "0.01"), "val_accuracy (choice)"].endswith("(n=3)")  # the crashed cell has no figure
+    assert table.loc[("bptt", "0.003"), "val_accuracy (choice)"].endswith("(n=3)")  # the crashed cell has no figure
+    assert table.loc[("bptt", "0.003"), "cells not ok"] == "1 of 4"
     assert table.loc[("sab", "0.003"), "picked - this, validation"] == "—"
     assert lr_choice_table(cells[cells["lr"] == 0.003], "accuracy").empty
+
+
+def test_an_lr_whose_seeds_partly_failed_cannot_win_on_its_survivors():
+    cells = _lr_study_cells()  # sab: 0.003 best on validation (0.85 against 0.25)
+    diverged = (cells["method"] == "sab") & (cells["lr"] == 0.003) & (cells["seed"] == 0)
+    cells.loc[diverged, ["status", "val_accuracy"]] = ["diverged", float("nan")]
+    picked = at_picked_lr(cells, "accuracy")
+    assert picked.groupby("method")["lr"].unique().map(list).to_dict() == {"bptt": [0.01], "sab": [0.01]}
+    table = lr_choice_table(cells, "accuracy").set_index(["method", "lr"])
+    assert table.loc[("sab", "0.003"), "cells not ok"] == "1 of 3" and table.loc[("sab", "0.01"), "cells not ok"] == "0 of 3"
+    assert table.loc[("sab", "0.01"), "picked"] == "yes"
+    assert table.loc[("sab", "0.003"), "picked - this, validation"].startswith("0.01 - 0.003 = -")  # the cost, shown

@@ -67,6 +67,9 @@ def test_report_main_table_matches_the_runs(smoke):
     assert "paper (as quoted)" in table.columns
     cells = pd.read_csv(report / "cells.csv")  # how each cell stopped, and whose weights gave its figures (0: the last step's)
     assert set(cells["stop_reason"]) == {"steps"} and set(cells["selected_step"]) == {0}
+    start, end = list(cells.columns).index("status") + 1, list(cells.columns).index("accuracy")
+    params = list(cells.columns)[start:end]  # params, then metrics, each sorted: a rebuild keeps the csv's columns
+    assert params == sorted(params) and "seq_len" in params and "method" in params
     text = (report / "report.md").read_text()
     assert "## Stopping and model selection" in text
     wall_clock = text.split("## Wall-clock (clean timing pass)")[1].split("\n## ")[0]
