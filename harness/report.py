@@ -437,6 +437,23 @@ def invocation_times(cells: pd.DataFrame, tracker: Tracker) -> list[str]:
     return [f"Wall time of the {len(minutes)} invocation(s) that ran these cells: {each} min (training and logging; without the report)."]
 
 
+def position_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per method x T: mean test recall at each recalled position over the ok cells that logged it
+    (copy), so that a recall of 0.3 reads as 0.3 everywhere or as 3 of 10 positions solved."""
+    columns = sorted((c for c in cells if c.startswith("recall_pos_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    if not columns:
+        return pd.DataFrame()
+    rated = cells[(cells["status"] == "ok") & cells[columns[0]].notna()]
+    rows = []
+    for values, group in rated.groupby(_group_keys(rated), sort=True, dropna=False):
+        row = dict(zip(_group_keys(rated), values if isinstance(values, tuple) else (values,)), n=len(group))
+        means = group[columns].mean()
+        row.update({f"pos {c.rsplit('_', 1)[1]}": f"{means[c]:.2f}" for c in columns})
+        row["lowest / highest"] = f"{means.min():.2f} / {means.max():.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def attention_section(cells: pd.DataFrame, tracker: Tracker, out: Path) -> list[str]:
     """Where SAB looks: recall-step attention on the symbols' memories, and one attention map."""
     if "attention_share" not in cells:
@@ -585,6 +602,12 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         lines += ["", "## Time of cells run one at a time", "", _markdown(timing)]
     if not failures.empty:
         lines += ["", "## Cells that did not finish ok", "", _markdown(failures[["name", "status", "error_type", "error"]].fillna(""))]
+    positions = position_table(picked)
+    if not positions.empty:
+        lines += ["", "## Recall by position", "",
+                  "Mean test recall at each of the recalled positions (1: the first symbol written back) over the ok cells "
+                  "(n): a partial recall spread evenly is a weak memory of every symbol, one concentrated on some positions "
+                  "is those symbols solved.", "", _markdown(positions)]  # fmt: skip
     lines += attention_section(picked, tracker, out)
     if config.notes:
         lines += ["", "## Notes", "", config.notes]

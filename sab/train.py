@@ -278,13 +278,17 @@ def evaluation_set(task: Task, spec: TrialSpec, split: str) -> list:
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, batches: list, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """Mean metrics of the model over batches, under no_grad (the inference forward)."""
+def evaluate(model, task: Task, batches: list, device: torch.device, dtype: torch.dtype, breakdown: bool = False) -> dict[str, float]:
+    """Mean metrics of the model over batches, under no_grad (the inference forward); with
+    `breakdown`, also the task's breakdown of the metric (the final test figures only)."""
     totals: dict[str, float] = {}
     for batch in batches:
         batch = _to(batch, device, dtype)
         logits = model.infer(batch.inputs, batch.positions)
-        for key, value in task.metrics(logits, batch.targets).items():
+        figures = task.metrics(logits, batch.targets)
+        if breakdown:
+            figures.update(task.breakdown(logits, batch.targets))
+        for key, value in figures.items():
             totals[key] = totals.get(key, 0.0) + value / len(batches)
     return totals
 
@@ -509,7 +513,7 @@ def _inject(spec: TrialSpec, batch):
 def _final_metrics(spec, task, model, result, val_set, test_set, device, dtype) -> None:
     """Validation and test metrics; transfer lengths only for a trial that finished its steps."""
     metrics = {f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()}
-    metrics.update(evaluate(model, task, test_set, device, dtype))
+    metrics.update(evaluate(model, task, test_set, device, dtype, breakdown=True))
     stride_rule = METHODS[spec.method].memory_stride
     if stride_rule is not None and test_set:
         stride = stride_rule(Knobs.of(spec))

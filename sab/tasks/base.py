@@ -57,6 +57,11 @@ class Task(ABC):
     def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
         """Evaluation metrics of one batch; `accuracy` is always among them."""
 
+    def breakdown(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
+        """Where the test metric of one batch comes from (e.g. per recalled position), so that a
+        partial score can be read as a partial skill everywhere or a full skill somewhere. None by default."""
+        return {}
+
     def evaluation(self, split: str, batch_size: int, n_batches: int, seed: int) -> list[Batch]:
         """A fixed held-out set: generated tasks draw it from a generator seeded apart from
         training; dataset tasks override this with their validation or test split."""

@@ -52,6 +52,11 @@ class CopyTask(Task):
         recall = logits[:, -N_SYMBOLS:].argmax(-1) == targets[:, -N_SYMBOLS:]
         return {"accuracy": recall.float().mean().item(), "loss": self.loss(logits, targets).mean().item()}
 
+    def breakdown(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
+        """Recall at each of the 10 recalled positions (`recall_pos_1` is the first symbol written back)."""
+        recall = (logits[:, -N_SYMBOLS:].argmax(-1) == targets[:, -N_SYMBOLS:]).float().mean(0)
+        return {f"recall_pos_{i + 1}": value for i, value in enumerate(recall.tolist())}
+
     def symbol_slots(self, k_att: int) -> list[int]:
         """Memory slots holding the input symbols: those written while the symbols are read (steps
         1..10, 1-based); when k_att > 10, the first memory, the earliest that holds them."""

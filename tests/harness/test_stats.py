@@ -8,7 +8,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from harness.config import load_sweep
-from harness.report import at_picked_lr, contrast, headline, lr_choice_table, main_table, stopping_table
+from harness.report import at_picked_lr, contrast, headline, lr_choice_table, main_table, position_table, stopping_table
 from harness.stats import difference, estimate
 
 
@@ -138,3 +138,18 @@ def test_an_lr_whose_seeds_partly_failed_cannot_win_on_its_survivors():
     assert table.loc[("sab", "0.003"), "cells not ok"] == "1 of 3" and table.loc[("sab", "0.01"), "cells not ok"] == "0 of 3"
     assert table.loc[("sab", "0.01"), "picked"] == "yes"
     assert table.loc[("sab", "0.003"), "picked - this, validation"].startswith("0.01 - 0.003 = -")  # the cost, shown
+
+
+def test_recall_by_position_tells_a_weak_memory_everywhere_from_some_positions_solved():
+    rows = []
+    for seed in range(2):
+        rows.append({"method": "sab", "seq_len": 100, "seed": seed, "status": "ok", **{f"recall_pos_{i}": 0.3 for i in range(1, 11)}})
+        rows.append({"method": "bptt", "seq_len": 100, "seed": seed, "status": "ok",
+                     **{f"recall_pos_{i}": 1.0 if i <= 3 else 0.0 for i in range(1, 11)}})  # fmt: skip
+    rows.append({"method": "bptt", "seq_len": 100, "seed": 2, "status": "diverged", **{f"recall_pos_{i}": 0.5 for i in range(1, 11)}})
+    table = position_table(pd.DataFrame(rows)).set_index("method")
+    assert list(table.columns[:3]) == ["seq_len", "n", "pos 1"] and list(table.columns[-2:]) == ["pos 10", "lowest / highest"]
+    assert table.loc["bptt", "n"] == 2  # the diverged cell is not in it
+    assert table.loc["bptt", "pos 3"] == "1.00" and table.loc["bptt", "pos 4"] == "0.00"
+    assert table.loc["sab", "lowest / highest"] == "0.30 / 0.30" and table.loc["bptt", "lowest / highest"] == "0.00 / 1.00"
+    assert position_table(pd.DataFrame(rows).filter(regex="^(?!recall_pos)")).empty  # tasks without a breakdown

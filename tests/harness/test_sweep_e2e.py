@@ -72,6 +72,7 @@ def test_report_main_table_matches_the_runs(smoke):
     assert params == sorted(params) and "seq_len" in params and "method" in params
     text = (report / "report.md").read_text()
     assert "## Stopping and model selection" in text
+    assert {f"recall_pos_{i}" for i in range(1, 11)} <= set(cells.columns) and "## Recall by position" in text
     wall_clock = text.split("## Wall-clock (clean timing pass)")[1].split("\n## ")[0]
     header = next(line for line in wall_clock.splitlines() if line.startswith("| method"))
     assert header.rstrip(" |").endswith("page faults/step")  # the allocator's share of each time, counted

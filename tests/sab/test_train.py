@@ -49,6 +49,22 @@ def test_adding_task_trial():
     result = run_trial(spec)
     assert result.status == "ok", result.traceback
     assert math.isfinite(result.metrics["mse"])
+    assert not any(key.startswith("recall_pos_") for key in result.metrics)  # copy's breakdown only
+
+
+def test_copy_breakdown_is_the_recall_at_each_position_and_averages_to_the_accuracy():
+    task = make_task("copy", 6)
+    targets = task.sample(4, torch.Generator().manual_seed(0)).targets
+    logits = torch.nn.functional.one_hot(targets, 10).float()
+    logits[:, -7:, :] = logits[:, -7:, :].roll(1, dims=-1)  # positions 4..10 wrong, 1..3 right
+    recall = task.breakdown(logits, targets)
+    assert list(recall) == [f"recall_pos_{i}" for i in range(1, 11)]
+    assert list(recall.values()) == [1.0] * 3 + [0.0] * 7
+    assert task.metrics(logits, targets)["accuracy"] == pytest.approx(0.3)
+    result = run_trial(TrialSpec(method="sab", **{**TINY, "eval_batches": 3}))
+    positions = [result.metrics[f"recall_pos_{i}"] for i in range(1, 11)]
+    assert sum(positions) / 10 == pytest.approx(result.metrics["accuracy"], abs=1e-6)  # test set only, not val or transfer
+    assert "val_recall_pos_1" not in result.metrics and "transfer_recall_pos_1_40" not in result.metrics
 
 
 def test_same_seed_same_metrics():
