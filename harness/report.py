@@ -8,8 +8,9 @@ or budget, unreachable store).
 
 One row per cell (its latest run with a result status, else its latest failure). Accuracy is
 the mean and 95% t interval over seeds of the ok cells (harness/stats.py). Where a method ran at
-several lrs, its lr is picked on mean validation accuracy (among the lrs with the fewest cells not ok) and every section shows only that lr's
-cells (no figure pools lrs); the lr table shows them all. Time tables use concurrency-1 rows only.
+several lrs, its lr is picked on mean validation accuracy (among the lrs with the fewest cells not
+ok) and every section shows only that lr's cells (no figure pools lrs); the lr table shows them
+all. Time tables use concurrency-1 rows only.
 """
 
 from __future__ import annotations
