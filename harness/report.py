@@ -78,7 +78,7 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
     rows = pd.DataFrame({"cell_id": runs["tags.cell_id"], "name": runs["tags.mlflow.runName"], "status": runs["tags.status"]})
     # sorted: MLflow's column order varies between reads of one store, and cells.csv should not
     for prefix in ("params.", "metrics."):
-        for column in sorted(c for c in runs.columns if c.startswith(prefix) and not c.startswith("metrics.curve_")):
+        for column in sorted((c for c in runs.columns if c.startswith(prefix) and not c.startswith("metrics.curve_")), key=natural_key):
             rows[column[len(prefix) :]] = runs[column]
     for tag in CELL_TAGS:
         rows[tag] = runs.get(f"tags.{tag}")
@@ -88,6 +88,11 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
         if column in rows:
             rows[column] = pd.to_numeric(rows[column], errors="coerce")
     return rows.sort_values([c for c in ("method", "seq_len", "seed") if c in rows]).reset_index(drop=True)
+
+
+def natural_key(name: str) -> list:
+    """Sort key that reads digit runs as numbers: recall_pos_2 before recall_pos_10, 60 before 100."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _group_keys(cells: pd.DataFrame) -> list[str]:
@@ -441,7 +446,7 @@ def invocation_times(cells: pd.DataFrame, tracker: Tracker) -> list[str]:
 def position_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Per method x T: mean test recall at each recalled position over the ok cells that logged it
     (copy), so that a recall of 0.3 reads as 0.3 everywhere or as 3 of 10 positions solved."""
-    columns = sorted((c for c in cells if c.startswith("recall_pos_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    columns = sorted((c for c in cells if c.startswith("recall_pos_")), key=natural_key)
     if not columns:
         return pd.DataFrame()
     rated = cells[(cells["status"] == "ok") & cells[columns[0]].notna()]

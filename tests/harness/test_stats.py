@@ -8,7 +8,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from harness.config import load_sweep
-from harness.report import at_picked_lr, contrast, headline, lr_choice_table, main_table, position_table, stopping_table
+from harness.report import at_picked_lr, contrast, headline, lr_choice_table, main_table, natural_key, position_table, stopping_table
 from harness.stats import difference, estimate
 
 
@@ -153,3 +153,9 @@ def test_recall_by_position_tells_a_weak_memory_everywhere_from_some_positions_s
     assert table.loc["bptt", "pos 3"] == "1.00" and table.loc["bptt", "pos 4"] == "0.00"
     assert table.loc["sab", "lowest / highest"] == "0.30 / 0.30" and table.loc["bptt", "lowest / highest"] == "0.00 / 1.00"
     assert position_table(pd.DataFrame(rows).filter(regex="^(?!recall_pos)")).empty  # tasks without a breakdown
+
+
+def test_natural_key_orders_digit_runs_as_numbers():
+    names = ["recall_pos_10", "recall_pos_2", "transfer_accuracy_100", "recall_pos_1", "transfer_accuracy_60", "k_top"]
+    assert sorted(names, key=natural_key) == ["k_top", "recall_pos_1", "recall_pos_2", "recall_pos_10", "transfer_accuracy_60",
+                                              "transfer_accuracy_100"]  # fmt: skip

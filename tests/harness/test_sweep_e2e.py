@@ -9,6 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from harness.report import natural_key
 from tests.conftest import cli
 
 
@@ -69,10 +70,12 @@ def test_report_main_table_matches_the_runs(smoke):
     assert set(cells["stop_reason"]) == {"steps"} and set(cells["selected_step"]) == {0}
     start, end = list(cells.columns).index("status") + 1, list(cells.columns).index("accuracy")
     params = list(cells.columns)[start:end]  # params, then metrics, each sorted: a rebuild keeps the csv's columns
-    assert params == sorted(params) and "seq_len" in params and "method" in params
+    assert params == sorted(params, key=natural_key) and "seq_len" in params and "method" in params
     text = (report / "report.md").read_text()
     assert "## Stopping and model selection" in text
     assert {f"recall_pos_{i}" for i in range(1, 11)} <= set(cells.columns) and "## Recall by position" in text
+    positions = [c for c in cells.columns if c.startswith("recall_pos_")]
+    assert positions == [f"recall_pos_{i}" for i in range(1, 11)]  # in numeric order, 2 before 10
     wall_clock = text.split("## Wall-clock (clean timing pass)")[1].split("\n## ")[0]
     header = next(line for line in wall_clock.splitlines() if line.startswith("| method"))
     assert header.rstrip(" |").endswith("page faults/step")  # the allocator's share of each time, counted
