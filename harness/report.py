@@ -450,9 +450,9 @@ def position_table(cells: pd.DataFrame) -> pd.DataFrame:
     if not columns:
         return pd.DataFrame()
     rated = cells[(cells["status"] == "ok") & cells[columns[0]].notna()]
-    rows = []
-    for values, group in rated.groupby(_group_keys(rated), sort=True, dropna=False):
-        row = dict(zip(_group_keys(rated), values if isinstance(values, tuple) else (values,)), n=len(group))
+    rows, keys = [], _group_keys(rated)
+    for values, group in rated.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)), n=len(group))
         means = group[columns].mean()
         row.update({f"pos {c.rsplit('_', 1)[1]}": f"{means[c]:.2f}" for c in columns})
         row["lowest / highest"] = f"{means.min():.2f} / {means.max():.2f}"

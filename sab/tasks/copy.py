@@ -48,13 +48,17 @@ class CopyTask(Task):
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         return cross_entropy(logits, targets)
 
+    @staticmethod
+    def _recalled(logits: Tensor, targets: Tensor) -> Tensor:
+        """1.0 where the symbol written back at a recall step is right (batch x 10)."""
+        return (logits[:, -N_SYMBOLS:].argmax(-1) == targets[:, -N_SYMBOLS:]).float()
+
     def metrics(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
-        recall = logits[:, -N_SYMBOLS:].argmax(-1) == targets[:, -N_SYMBOLS:]
-        return {"accuracy": recall.float().mean().item(), "loss": self.loss(logits, targets).mean().item()}
+        return {"accuracy": self._recalled(logits, targets).mean().item(), "loss": self.loss(logits, targets).mean().item()}
 
     def breakdown(self, logits: Tensor, targets: Tensor) -> dict[str, float]:
         """Recall at each of the 10 recalled positions (`recall_pos_1` is the first symbol written back)."""
-        recall = (logits[:, -N_SYMBOLS:].argmax(-1) == targets[:, -N_SYMBOLS:]).float().mean(0)
+        recall = self._recalled(logits, targets).mean(0)
         return {f"recall_pos_{i + 1}": value for i, value in enumerate(recall.tolist())}
 
     def symbol_slots(self, k_att: int) -> list[int]:
