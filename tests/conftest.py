@@ -85,3 +85,11 @@ def stop_server(server: subprocess.Popen) -> None:
         server.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker computes with one thread: two workers share the 2 cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

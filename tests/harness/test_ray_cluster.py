@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,10 +19,12 @@ from tests.conftest import cli
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head():
     """A token-protected Ray head in its own process group, stopped by signalling that group
-    (never `ray stop`); its token lives in a file of its own, as on a team cluster."""
-    temp = tmp_path_factory.mktemp("rayhead")
+    (never `ray stop`); its token lives in a file of its own, as on a team cluster. Its folder is
+    a short one under /tmp: Ray's socket paths must fit 107 bytes, which pytest's (and xdist's
+    popen-gwN) temp folders can exceed."""
+    temp = Path(tempfile.mkdtemp(prefix="sab-rayhead-"))
     token = temp / "auth_token"
     token.write_text(secrets.token_hex(32))
     ray = str(Path(sys.executable).with_name("ray"))
@@ -40,6 +44,7 @@ def ray_head(tmp_path_factory):
         except ProcessLookupError:
             break
         time.sleep(3)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _locations(folder: Path) -> set[str]:
