@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,27 +23,27 @@ def ray_head():
     (never `ray stop`); its token lives in a file of its own, as on a team cluster. Its folder is
     a short one under /tmp: Ray's socket paths must fit 107 bytes, which pytest's (and xdist's
     popen-gwN) temp folders can exceed."""
-    temp = Path(tempfile.mkdtemp(prefix="sab-rayhead-"))
-    token = temp / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    ray = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen(
-        [ray, "start", "--head", "--port=0", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats"],
-        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token)),
-    )  # fmt: skip
-    output, _ = head.communicate(timeout=120)
-    assert head.returncode == 0, output
-    address = (temp / "ray_current_cluster").read_text().strip()
-    yield address, token
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(head.pid, sig)
-        except ProcessLookupError:
-            break
-        time.sleep(3)
-    shutil.rmtree(temp, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="sab-rayhead-", ignore_cleanup_errors=True) as name:
+        temp = Path(name)
+        token = temp / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        ray = str(Path(sys.executable).with_name("ray"))
+        head = subprocess.Popen(
+            [ray, "start", "--head", "--port=0", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--num-cpus=2",
+             "--include-dashboard=false", "--disable-usage-stats"],
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token)),
+        )  # fmt: skip
+        output, _ = head.communicate(timeout=120)
+        assert head.returncode == 0, output
+        address = (temp / "ray_current_cluster").read_text().strip()
+        yield address, token
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
 
 
 def _locations(folder: Path) -> set[str]:
