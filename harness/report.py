@@ -26,6 +26,7 @@ import pandas as pd
 
 from harness import logs
 from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
+from harness.curves import first_step_at, progress_table, validation_curve
 from harness.figures import metric_plots
 from harness.machine import machine
 from harness.stats import INTERVAL_NAME, difference, estimate
@@ -388,7 +389,7 @@ def time_to_accuracy(cells: pd.DataFrame, tracker: Tracker, timing: pd.DataFrame
     frame = _timing_frame(timing) if not timing.empty else pd.DataFrame(columns=["method", "seq_len", "step_seconds"])
     rows = []
     for (method, seq_len), group in ok.groupby(["method", "seq_len"]):
-        steps = [_first_step_at(tracker, run_id, TARGET_ACCURACY) for run_id in group["run_id"]]
+        steps = [first_step_at(validation_curve(tracker, run_id), TARGET_ACCURACY) for run_id in group["run_id"]]
         reached = [s for s in steps if s is not None]
         clean = frame[(frame["method"] == method) & (frame["seq_len"] == seq_len)]["step_seconds"].median()
         row = {"method": method, "seq_len": int(seq_len), "reached": f"{len(reached)} of {len(steps)} seeds"}
@@ -397,13 +398,6 @@ def time_to_accuracy(cells: pd.DataFrame, tracker: Tracker, timing: pd.DataFrame
         row["wall-clock at clean s/step"] = _duration(found.mean * clean) if found and clean == clean else ("—" if found else "not reached")
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _first_step_at(tracker: Tracker, run_id: str, target: float) -> int | None:
-    """The first training step at which validation accuracy reached `target` (curves logged as
-    stepped val_accuracy; runs logged before that kept them as curve_val_accuracy)."""
-    history = [m for name in ("val_accuracy", "curve_val_accuracy") for m in tracker.client.get_metric_history(run_id, name)]
-    return next((m.step for m in sorted(history, key=lambda m: m.step) if m.value >= target), None)
 
 
 def _duration(seconds: float) -> str:
@@ -585,6 +579,17 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         "Steps until a seed's validation accuracy first reached the target (mean [95% t interval] over the seeds that reached "
         "it), and that many steps at the clean s/step above.",
         "", _markdown(reaching) if not reaching.empty else "_No validation curves recorded._",
+    ]  # fmt: skip
+    progress = progress_table(picked, tracker, _group_keys(picked)) if config.metric == "accuracy" else pd.DataFrame()
+    if not progress.empty:
+        lines += [
+            "", "## Validation over training", "",
+            "The best validation accuracy reached by each step, mean [" + INTERVAL_NAME + "] (n). The lr is constant, so "
+            "a column is what a budget of that many steps would have selected (select_on_validation) on this machine. "
+            "A method still rising in the last column was stopped by the step budget, not converged.",
+            "", _markdown(progress),
+        ]  # fmt: skip
+    lines += [
         "", "## Learning rates", "", *lr_provenance(cells, config),
     ]  # fmt: skip
     if not lr_table.empty:

@@ -73,6 +73,8 @@ def test_report_main_table_matches_the_runs(smoke):
     assert params == sorted(params, key=natural_key) and "seq_len" in params and "method" in params
     text = (report / "report.md").read_text()
     assert "## Stopping and model selection" in text
+    progress = text.split("## Validation over training")[1].split("\n## ")[0]  # best validation by each step, per method
+    assert re.search(r"\| method \| seq_len \| by step 10 \| by step 20 \|", progress) and "| sab | 5 |" in progress, progress
     assert {f"recall_pos_{i}" for i in range(1, 11)} <= set(cells.columns) and "## Recall by position" in text
     positions = [c for c in cells.columns if c.startswith("recall_pos_")]
     assert positions == [f"recall_pos_{i}" for i in range(1, 11)]  # in numeric order, 2 before 10

@@ -1,0 +1,71 @@
+"""Validation curves read back from a real MLflow store: the report's time to accuracy and its
+"Validation over training" table (is a method converged, or stopped by its step budget?)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow.entities import Metric
+
+from harness.curves import best_by, checkpoint_steps, first_step_at, progress_table, validation_curve
+from harness.tracking import Tracker
+
+
+@pytest.fixture
+def tracker(tmp_path) -> Tracker:
+    tracker = Tracker("curves", tmp_path)
+    tracker.open()
+    return tracker
+
+
+def _cell(tracker: Tracker, curve: dict[int, float], final: float, steps_done: int) -> str:
+    """A run logged as tracking.Tracker logs a cell: the curve 1 ms before the final figure, which
+    sits at the last step done."""
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    now = 1_000_000
+    metrics = [Metric("val_accuracy", value, now - 1, step) for step, value in curve.items()]
+    metrics.append(Metric("val_accuracy", final, now, steps_done))
+    tracker.client.log_batch(run_id, metrics=metrics)
+    return run_id
+
+
+def test_the_curve_keeps_one_value_per_step_and_the_evaluation_over_a_final_at_its_step(tracker):
+    run_id = _cell(tracker, {500: 0.1, 1000: 0.4, 1500: 0.3}, final=0.99, steps_done=1500)
+    assert validation_curve(tracker, run_id) == [(500, pytest.approx(0.1)), (1000, pytest.approx(0.4)), (1500, pytest.approx(0.3))]
+    curve = validation_curve(tracker, run_id)
+    assert best_by(curve, 499) is None
+    assert best_by(curve, 999) == pytest.approx(0.1)
+    assert best_by(curve, 1500) == pytest.approx(0.4)  # the best so far, not the last
+    assert first_step_at(curve, 0.35) == 1000 and first_step_at(curve, 0.5) is None
+
+
+def test_checkpoints_fall_on_evaluations_and_end_at_the_budget():
+    assert checkpoint_steps(24000, 500) == [6000, 8000, 12000, 16000, 24000]
+    assert checkpoint_steps(6250, 250) == [1500, 2000, 3000, 4000, 6250]
+    assert checkpoint_steps(20, 10) == [10, 20]
+
+
+def test_progress_table_means_each_methods_best_so_far_and_leaves_steps_past_a_budget_empty(tracker):
+    sab = [
+        _cell(tracker, {10: 0.2, 20: 0.6, 30: 0.5, 40: 0.9}, final=0.9, steps_done=40),
+        _cell(tracker, {10: 0.4, 20: 0.4, 30: 1.0, 40: 1.0}, final=1.0, steps_done=40),  # solved: stopped at 40
+    ]
+    bptt = [_cell(tracker, {10: 0.1, 20: 0.3}, final=0.3, steps_done=20)]
+    failed = _cell(tracker, {10: 0.99}, final=0.99, steps_done=10)
+    cells = pd.DataFrame(
+        {
+            "method": ["sab", "sab", "bptt", "sab"],
+            "seq_len": [100] * 4,
+            "status": ["ok", "ok", "ok", "error"],
+            "steps": [80, 80, 20, 80],
+            "eval_interval": [10] * 4,
+            "run_id": [*sab, *bptt, failed],
+        }
+    )
+    table = progress_table(cells, tracker, ["method", "seq_len"]).set_index("method")
+    assert list(table.columns) == ["seq_len", "by step 20", "by step 40", "by step 50", "by step 80"]
+    assert table.loc["sab", "by step 20"].startswith("0.500 [") and table.loc["sab", "by step 20"].endswith("(n=2)")
+    assert table.loc["sab", "by step 40"].startswith("0.950 [")
+    assert table.loc["sab", "by step 80"] == table.loc["sab", "by step 40"]  # a solved cell keeps its figure
+    assert table.loc["bptt", "by step 20"] == "0.300 (n=1)"
+    assert table.loc["bptt", "by step 40"] == "—"  # past bptt's budget: nothing to show
