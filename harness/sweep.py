@@ -172,7 +172,7 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
         config = timing_mode(config)
 
     def on_report(cell: Cell, point: dict) -> None:
-        shown = " ".join(f"{k}={v:.4g}" for k, v in point.items() if isinstance(v, (int, float)))
+        shown = " ".join(f"{k}={_figure(v)}" for k, v in point.items() if isinstance(v, (int, float)))
         print(f"    · {cell.name}: {shown}", flush=True)
 
     executor = make_executor(args.executor, config, results_dir, address=args.address, on_report=on_report, detach=args.detach)
@@ -260,6 +260,11 @@ def _summary(outcomes: list, wall: float) -> int:
     text = ", ".join(f"{status}: {n}" for status, n in sorted(counts.items())) or "nothing to run"
     print(f"done in {wall:.1f}s — {text}")
     return 1 if any(s in FAILURE_STATUSES for s in counts) else 0
+
+
+def _figure(value: float) -> str:
+    """A progress line's number: whole numbers as integers (step=10000, not 1e+04), others to 4 digits."""
+    return f"{int(value)}" if float(value).is_integer() else f"{value:.4g}"
 
 
 def main(argv: list[str] | None = None) -> int:

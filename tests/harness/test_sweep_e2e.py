@@ -166,3 +166,12 @@ def test_a_ray_sweep_prints_only_the_projects_lines_and_leaves_no_tune_state(smo
         assert chatter.lower() not in said.lower(), chatter
     assert not list((folder / "results" / "ray").rglob("tuner.pkl"))  # Tune's state is not kept: nothing reads it
     assert not list((folder / "results" / "ray").rglob("progress.csv"))
+    progress = [line for line in out.stdout.splitlines() if line.startswith("    · ")]
+    assert progress and all(re.search(r" step=(10|20) ", line) for line in progress), progress[:4]
+
+
+def test_progress_lines_write_whole_numbers_as_integers():
+    from harness.sweep import _figure
+
+    assert _figure(10000) == "10000" and _figure(10500.0) == "10500"  # a step, not 1e+04 or 1.05e+04
+    assert _figure(0.123456) == "0.1235" and _figure(0) == "0"
