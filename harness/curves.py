@@ -30,6 +30,12 @@ def validation_curve(tracker: Tracker, run_id: str) -> list[tuple[int, float]]:
     return [(step, value) for step, (_, value) in sorted(first.items())]
 
 
+def validation_curves(tracker: Tracker, cells: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
+    """run_id -> validation curve of every ok cell: read from the store once per report."""
+    ok = cells[cells["status"] == "ok"]
+    return {run_id: validation_curve(tracker, run_id) for run_id in ok["run_id"]}
+
+
 def first_step_at(curve: list[tuple[int, float]], target: float) -> int | None:
     """The first step whose validation accuracy reached `target`; None if none did."""
     return next((step for step, value in curve if value >= target), None)
@@ -48,9 +54,9 @@ def checkpoint_steps(steps: int, eval_interval: int) -> list[int]:
     return sorted(s for s in found | {int(steps)} if s > 0)
 
 
-def progress_table(cells: pd.DataFrame, tracker: Tracker, keys: list[str]) -> pd.DataFrame:
+def progress_table(cells: pd.DataFrame, curves: dict[str, list[tuple[int, float]]], keys: list[str]) -> pd.DataFrame:
     """Per group of `keys` (ok cells): the best validation accuracy by each checkpoint step, mean
-    [95% t interval] (n) over seeds; '—' past a group's step budget."""
+    [95% t interval] (n) over seeds; '—' past a group's step budget. `curves`: validation_curves'."""
     ok = cells[cells["status"] == "ok"]
     if ok.empty or not {"steps", "eval_interval", "run_id"} <= set(ok.columns):
         return pd.DataFrame()
@@ -59,7 +65,6 @@ def progress_table(cells: pd.DataFrame, tracker: Tracker, keys: list[str]) -> pd
     if budgets.isna().all() or intervals.isna().all():
         return pd.DataFrame()
     columns = checkpoint_steps(int(budgets.max()), int(intervals.min()))
-    curves = {run_id: validation_curve(tracker, run_id) for run_id in ok["run_id"]}
     rows = []
     for values, group in ok.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))

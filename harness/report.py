@@ -26,7 +26,7 @@ import pandas as pd
 
 from harness import logs
 from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
-from harness.curves import first_step_at, progress_table, validation_curve
+from harness.curves import first_step_at, progress_table, validation_curves
 from harness.figures import metric_plots
 from harness.machine import machine
 from harness.stats import INTERVAL_NAME, difference, estimate
@@ -380,7 +380,7 @@ def _timing_frame(timing: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def time_to_accuracy(cells: pd.DataFrame, tracker: Tracker, timing: pd.DataFrame) -> pd.DataFrame:
+def time_to_accuracy(cells: pd.DataFrame, curves: dict[str, list[tuple[int, float]]], timing: pd.DataFrame) -> pd.DataFrame:
     """Per method and T: how many seeds' validation accuracy reached TARGET_ACCURACY, the steps it
     took (mean [95% interval] over those seeds) and that many steps at the clean s/step."""
     ok = cells[cells["status"] == "ok"]
@@ -389,7 +389,7 @@ def time_to_accuracy(cells: pd.DataFrame, tracker: Tracker, timing: pd.DataFrame
     frame = _timing_frame(timing) if not timing.empty else pd.DataFrame(columns=["method", "seq_len", "step_seconds"])
     rows = []
     for (method, seq_len), group in ok.groupby(["method", "seq_len"]):
-        steps = [first_step_at(validation_curve(tracker, run_id), TARGET_ACCURACY) for run_id in group["run_id"]]
+        steps = [first_step_at(curves[run_id], TARGET_ACCURACY) for run_id in group["run_id"]]
         reached = [s for s in steps if s is not None]
         clean = frame[(frame["method"] == method) & (frame["seq_len"] == seq_len)]["step_seconds"].median()
         row = {"method": method, "seq_len": int(seq_len), "reached": f"{len(reached)} of {len(steps)} seeds"}
@@ -530,7 +530,8 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     memory, timing = memory_table(picked), time_table(picked)
     timing_runs = tracker.timing_runs(config.budget)
     clean = wall_clock_table(timing_runs)
-    reaching = time_to_accuracy(picked, tracker, timing_runs) if config.metric == "accuracy" else pd.DataFrame()
+    curves = validation_curves(tracker, picked) if config.metric == "accuracy" else {}
+    reaching = time_to_accuracy(picked, curves, timing_runs) if curves else pd.DataFrame()
     made = metric_plots(picked, out)
     statuses = cells["status"].value_counts().sort_index()
     failures = cells[cells["status"].isin(FAILURE_STATUSES + ("oom", "diverged"))]
@@ -580,7 +581,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         "it), and that many steps at the clean s/step above.",
         "", _markdown(reaching) if not reaching.empty else "_No validation curves recorded._",
     ]  # fmt: skip
-    progress = progress_table(picked, tracker, _group_keys(picked)) if config.metric == "accuracy" else pd.DataFrame()
+    progress = progress_table(picked, curves, _group_keys(picked)) if curves else pd.DataFrame()
     if not progress.empty:
         lines += [
             "", "## Validation over training", "",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric
 
-from harness.curves import best_by, checkpoint_steps, first_step_at, progress_table, validation_curve
+from harness.curves import best_by, checkpoint_steps, first_step_at, progress_table, validation_curve, validation_curves
 from harness.tracking import Tracker
 
 
@@ -62,7 +62,7 @@ def test_progress_table_means_each_methods_best_so_far_and_leaves_steps_past_a_b
             "run_id": [*sab, *bptt, failed],
         }
     )
-    table = progress_table(cells, tracker, ["method", "seq_len"]).set_index("method")
+    table = progress_table(cells, validation_curves(tracker, cells), ["method", "seq_len"]).set_index("method")
     assert list(table.columns) == ["seq_len", "by step 20", "by step 40", "by step 50", "by step 80"]
     assert table.loc["sab", "by step 20"].startswith("0.500 [") and table.loc["sab", "by step 20"].endswith("(n=2)")
     assert table.loc["sab", "by step 40"].startswith("0.950 [")
