@@ -26,6 +26,9 @@ SCHEMA_VERSION = 1
 
 METHOD_PARAMS = spec_fields("method")
 EXECUTION_DETAILS = spec_fields("execution")
+STORE_PATHS = ("final_state_path", "continue_from")
+"""Paths into the results folder's kept states (harness.states): not logged as params; the run's
+continued_from_step tag says what they did."""
 _DEFAULTS = TrialSpec()
 
 
@@ -94,7 +97,7 @@ class Cell:
         """The spec's fields that matter for this method (ignored ones left out), as loggable values."""
         out = {}
         for key, value in dataclasses.asdict(self.spec).items():
-            if _ignored(self.spec.method, key):
+            if _ignored(self.spec.method, key) or key in STORE_PATHS:
                 continue
             out[key] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
         return out

@@ -59,6 +59,7 @@ CELL_TAGS = (
     "error",
     "selected_step",
     "stop_reason",
+    "continued_from_step",
 )
 """The MLflow tags of a cell run that become cells.csv columns (provenance, failure, model selection)."""
 PAPER_COLUMN = "paper (as quoted)"
@@ -85,7 +86,7 @@ def load_cells(tracker: Tracker, budget: str) -> pd.DataFrame:
         rows[tag] = runs.get(f"tags.{tag}")
     rows["run_id"] = runs["run_id"]
     rows["parent_run_id"] = runs.get("tags.mlflow.parentRunId")
-    for column in NUMERIC_PARAMS + ("concurrency", "threads", "selected_step"):
+    for column in NUMERIC_PARAMS + ("concurrency", "threads", "selected_step", "continued_from_step"):
         if column in rows:
             rows[column] = pd.to_numeric(rows[column], errors="coerce")
     return rows.sort_values([c for c in ("method", "seq_len", "seed") if c in rows]).reset_index(drop=True)

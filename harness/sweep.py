@@ -8,7 +8,9 @@
 
 Overrides: `key=value`; a bare parameter name means `grid.NAME` if the sweep has that axis, else
 `fixed.NAME`; `budget=smoke|quick|paper` picks a budget (default quick). A rerun skips cells
-that already have a result (ok, oom, diverged) and reruns failures (error, timeout). Exit code:
+that already have a result (ok, oom, diverged) and reruns failures (error, timeout). A cell that
+differs from a finished one only in `steps` continues from that cell's final state (kept under
+RESULTS_DIR/states; harness.states) unless --from-scratch. Exit code:
 0 when every cell run now has a result status, 1 when some failed, 2 for bad input.
 """
 
@@ -27,6 +29,7 @@ from harness import logs
 from harness.cells import Cell, check_data, expand
 from harness.config import LOWER_IS_BETTER, SweepConfig, SweepError, list_sweeps, load_sweep
 from harness.executors import EXECUTORS, Executor, make_executor
+from harness.states import STATES_DIR, with_states
 from harness.timing import clean_timing
 from harness.tracking import RUNNING, Tracker
 from harness.ui import runs_page
@@ -69,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     loudness.add_argument("--verbose", action="store_const", const="verbose", dest="verbosity", help="libraries' INFO lines too")
     parser.set_defaults(verbosity="default")
     parser.add_argument("--no-timing", action="store_true", help="skip the clean timing pass that ends every run (its wall-clock section)")
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="train every cell from step 0, not from a shorter budget's kept final state"
+    )
     return parser
 
 
@@ -97,7 +103,7 @@ def projection(tracker: Tracker, config: SweepConfig, todo: list[Cell]) -> str:
         key = tuple(str(row.get(f"params.{k}")) for k in ("method", "seq_len", "hidden_size", "batch_size"))
         rates[key] = row.get("metrics.step_seconds")
     known = [(c, rates.get((c.spec.method, str(c.spec.seq_len), str(c.spec.hidden_size), str(c.spec.batch_size)))) for c in todo]
-    seconds = [c.spec.steps * rate for c, rate in known if rate == rate and rate is not None]
+    seconds = [steps_to_run(c) * rate for c, rate in known if rate == rate and rate is not None]
     if not seconds:
         return ""
     return f"; projected {sum(seconds) / 3600:.1f} core-hours of training for the {len(seconds)} of {len(todo)} with a clean s/step measured here"
@@ -111,15 +117,22 @@ def _eta(finished: list, remaining: list[Cell], concurrency: int) -> str:
         return "0s" if not remaining else "?"
     rates: dict[str, list[float]] = {}
     for outcome in finished:
-        rates.setdefault(outcome.cell.spec.method, []).append(outcome.wall_seconds / max(1, outcome.cell.spec.steps))
+        steps_run = outcome.cell.spec.steps - outcome.result.continued_from_step
+        rates.setdefault(outcome.cell.spec.method, []).append(outcome.wall_seconds / max(1, steps_run))
     mean = {method: sum(r) / len(r) for method, r in rates.items()}
     overall = sum(mean.values()) / len(mean)
-    seconds = sum(c.spec.steps * mean.get(c.spec.method, overall) for c in remaining) / max(1, concurrency)
+    seconds = sum(steps_to_run(c) * mean.get(c.spec.method, overall) for c in remaining) / max(1, concurrency)
     return f"{seconds / 60:.1f}min" if seconds > 90 else f"{seconds:.0f}s"
 
 
+def steps_to_run(cell: Cell) -> int:
+    """The training steps a cell still needs: its budget less the kept state it continues from."""
+    start = Path(cell.spec.continue_from).stem if cell.spec.continue_from else "0"
+    return cell.spec.steps - (int(start) if start.isdigit() else 0)
+
+
 def dry_run(cells: list[Cell], statuses: dict[str, str]) -> None:
-    """Print each cell with done / running / missing / failed."""
+    """Print each cell with done / running / missing / failed (and, for one to run, the kept state it would continue from)."""
     counts = {"done": 0, "running": 0, "missing": 0, "failed": 0}
     for cell in cells:
         status = statuses.get(cell.cell_id)
@@ -131,6 +144,8 @@ def dry_run(cells: list[Cell], statuses: dict[str, str]) -> None:
             state = "running" if status == RUNNING else "failed"
         counts[state] += 1
         detail = f" ({status})" if status else ""
+        if state in ("missing", "failed") and steps_to_run(cell) < cell.spec.steps:
+            detail += f" (continues from step {cell.spec.steps - steps_to_run(cell)})"
         print(f"{state:8s} {cell.cell_id}  {cell.name}{detail}")
     print(f"{len(cells)} cells: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
 
@@ -178,13 +193,16 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
     executor = make_executor(args.executor, config, results_dir, address=args.address, on_report=on_report, detach=args.detach)
     executor.check(cells)
     check_data(cells)
+    handed_off_cells = cells  # as an earlier invocation expanded them: their results say what they did
+    if executor.shares_results_dir:
+        cells = with_states(cells, results_dir / STATES_DIR, continue_runs=not args.from_scratch)
     tracker = Tracker(config.name, results_dir, args.tracking_uri)
     if args.dry_run:  # reads the store if there is one; writes nothing
         dry_run(cells, tracker.cell_statuses(config.budget) if tracker.find() else {})
         return 0
     tracker.open()
     tracker.describe(config.description, config.metric, config.metric not in LOWER_IS_BETTER)
-    collect_handed_off(executor, tracker, cells, config.budget)
+    collect_handed_off(executor, tracker, handed_off_cells, config.budget)
     statuses = tracker.cell_statuses(config.budget)
     todo = [c for c in cells if statuses.get(c.cell_id) not in RESULT_STATUSES + (RUNNING,)]
     running_before = sum(1 for c in cells if statuses.get(c.cell_id) == RUNNING)
@@ -200,8 +218,10 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
                 if total is None:
                     total = len(todo) if len(todo) > CLAIM_BATCH else len(claimed)
                     batches = f" in batches of {CLAIM_BATCH}" if total > CLAIM_BATCH else ""
+                    ahead = sum(1 for c in todo if steps_to_run(c) < c.spec.steps)
+                    continuing = f" ({ahead} continue from a shorter budget's final state)" if ahead else ""
                     print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - len(todo) - running_before} "
-                          f"done, {held} running elsewhere, {total} to run on {executor.name}{batches}"
+                          f"done, {held} running elsewhere, {total} to run on {executor.name}{batches}{continuing}"
                           f"{projection(tracker, config, todo)}", flush=True)  # fmt: skip
                 if not claimed:
                     break

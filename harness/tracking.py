@@ -361,6 +361,7 @@ class Tracker:
             "threads": str(outcome.threads), "error_type": result.error_type, "python": sys.version.split()[0],
             "replay_group": str(result.replay_group), "static_shapes": str(result.static_shapes), "cuda_graphs": result.cuda_graphs,
             "selected_step": str(result.selected_step), "stop_reason": result.stop_reason,
+            "continued_from_step": str(result.continued_from_step),
             "location": outcome.location,
             "mlflow.source.git.commit": git_sha().removesuffix("-dirty"),
         }  # fmt: skip

@@ -121,6 +121,14 @@ class TrialSpec:
     dtype: str = _field("float32", "floating-point type of the model and data", choices=DTYPES)
     checkpoint_path: str | None = _field(None, "save/resume the training state here", role="execution")
     checkpoint_every: int = _field(0, "steps between checkpoints (0: only when signalled)", role="execution")
+    final_state_path: str | None = _field(
+        None,
+        "keep the training state after the last step here, for a longer budget of the same experiment to continue from",
+        role="execution",
+    )
+    continue_from: str | None = _field(
+        None, "start from this final state of the same experiment at fewer steps, if the file exists (else from step 0)", role="execution"
+    )
     inject_fault: str = _field("", "test hook: fail on purpose (nan, oom, sleep, raise, exit, transfer_oom)", choices=FAULTS, hidden=True)
 
     def validate(self) -> TrialSpec:
@@ -217,6 +225,7 @@ class TrialResult:
     static_shapes: bool = False  # the sab engine ran its shape-static path
     cuda_graphs: str = "off"  # off, or how the graphed steps ran: captured, eager (no CUDA device), failed: why
     selected_step: int = 0  # the evaluation whose weights gave the final figures (select_on_validation; 0: the last step's)
+    continued_from_step: int = 0  # the step of the shorter run's final state this trial continued (continue_from; 0: from step 0)
     torch_version: str = torch.__version__
     attention: list[list[float]] = field(default_factory=list)  # (L, n_mem) weights of one test sequence (attention models)
     attention_marks: dict = field(default_factory=dict)  # what the task says its map should mark (Task.attention_marks)
@@ -363,15 +372,21 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     val_set, test_set = evaluation_set(task, spec, "val"), evaluation_set(task, spec, "test")
     timer = StepTimer(device)
     checkpointer = Checkpointer(spec.checkpoint_path, spec.checkpoint_every)
-    first_step, elapsed_before = 1, 0.0
-    saved = checkpointer.load()
+    first_step, elapsed_before, first_loss = 1, 0.0, None
+    saved, source = checkpointer.load(), spec.checkpoint_path  # a preempted run of this trial comes first
+    if saved is None and spec.continue_from and os.path.exists(spec.continue_from):
+        saved, source = continuation(spec), spec.continue_from
+        saved["result"]["continued_from_step"] = saved["step"]
     if saved is not None:
         restore(saved, model, optimizer, generator)
-        first_step, elapsed_before = saved["step"] + 1, saved["elapsed"]
+        first_step, elapsed_before, first_loss = saved["step"] + 1, saved["elapsed"], saved.get("first_loss")
         timer.total_seconds, timer.timed_seconds, timer.steps, timer.timed_steps = saved["timer"]
         for key, value in saved["result"].items():
             setattr(result, key, value)
-        print(f"resumed from checkpoint {spec.checkpoint_path} at step {saved['step']}", file=sys.stderr, flush=True)
+        result.steps_done = saved["step"]
+        if _solved(result.curve, spec.solved_patience):  # a continued run that had solved the task stops where it did
+            result.stop_reason, first_step = "solved", spec.steps + 1
+        print(f"resumed from {source} at step {saved['step']}", file=sys.stderr, flush=True)
     best = saved.get("best") if saved is not None else None  # (score, step, weights) of the best validation so far
     rss_before = rss_peak_reset()
     started = time.monotonic() - elapsed_before
@@ -385,7 +400,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                 worst = out.loss if worst is None else torch.maximum(worst, out.loss)  # NaN propagates
                 over_time = spec.time_limit_s is not None and time.monotonic() - started > spec.time_limit_s
                 evaluating = step % spec.eval_interval == 0 or step == spec.steps or over_time
-                if step == first_step:
+                if first_loss is None:  # the loss at step 1 (a resumed run keeps its own)
                     first_loss = float(out.loss)
                     first_loss = first_loss if math.isfinite(first_loss) else math.inf
                 if evaluating or step == first_step:  # the loss is read back here only, not every step
@@ -411,13 +426,12 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     break
                 if checkpointer.due(step) and step < spec.steps:
                     timer.settle()
-                    partial = {k: getattr(result, k) for k in _RESUMED_FIELDS}
-                    timing = (timer.total_seconds, timer.timed_seconds, timer.steps, timer.timed_steps)
-                    extra = {"timer": timing, "result": partial, "best": best}
-                    checkpointer.save(training_state(model, optimizer, generator, step, time.monotonic() - started, extra))
+                    checkpointer.save(_state(spec, model, optimizer, generator, step, started, timer, result, best, first_loss))
     finally:
         checkpointer.restore_handlers()
     timer.settle()
+    if spec.final_state_path and result.status == "ok":
+        keep_final_state(spec, _state(spec, model, optimizer, generator, result.steps_done, started, timer, result, best, first_loss))
     result.cuda_graphs = stepper.state
     result.stop_reason = result.stop_reason or ("steps" if result.status == "ok" else result.status)
     result.peak_rss_bytes = max(result.peak_rss_bytes, rss_peak_bytes() - rss_before)
@@ -433,6 +447,52 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     if spec.weights_path:
         save_weights(model, spec, spec.weights_path)
     checkpointer.remove()
+
+
+def _state(spec, model, optimizer, generator, step, started, timer, result, best, first_loss) -> dict:
+    """The training state after `step`: what a preempted trial resumes from and what a longer
+    budget of the same experiment continues from."""
+    timing = (timer.total_seconds, timer.timed_seconds, timer.steps, timer.timed_steps)
+    extra = {
+        "timer": timing, "result": {k: getattr(result, k) for k in _RESUMED_FIELDS}, "best": best, "first_loss": first_loss,
+        "experiment": experiment(spec),
+    }  # fmt: skip
+    return training_state(model, optimizer, generator, step, time.monotonic() - started, extra)
+
+
+def experiment(spec: TrialSpec) -> dict:
+    """What a continued trial must share with the run it continues: every field but the step
+    budget and the execution details, as plain data."""
+    return {
+        f.name: list(value) if isinstance(value, tuple) else value
+        for f in fields(spec)
+        if f.metadata["role"] != "execution" and f.name != "steps"
+        for value in [getattr(spec, f.name)]
+    }
+
+
+def continuation(spec: TrialSpec) -> dict:
+    """The final state at `spec.continue_from`, checked to be this experiment's at fewer steps."""
+    saved = Checkpointer(spec.continue_from).load()
+    theirs, ours = saved.get("experiment", {}), experiment(spec)
+    differing = sorted(k for k in ours.keys() | theirs.keys() if theirs.get(k) != ours.get(k))
+    if differing:
+        name = differing[0]
+        raise ValueError(
+            f"continue_from {spec.continue_from} holds another experiment's state: {name} is {theirs.get(name)!r} there, "
+            f"{ours.get(name)!r} here; valid: a final state of this experiment at fewer steps"
+        )
+    if saved["step"] >= spec.steps:
+        raise ValueError(f"continue_from {spec.continue_from} is at step {saved['step']}, not before this trial's steps={spec.steps}")
+    return saved
+
+
+def keep_final_state(spec: TrialSpec, state: dict) -> None:
+    """Save the state after the last step; a failed save costs a later budget its head start, not this trial its result."""
+    try:
+        Checkpointer(spec.final_state_path).save(state)
+    except OSError as error:
+        print(f"final state not kept at {spec.final_state_path}: {error}", file=sys.stderr, flush=True)
 
 
 def _better(best: tuple | None, point: dict[str, float], model) -> tuple:
@@ -451,7 +511,7 @@ def _solved(curve: list[dict[str, float]], patience: int) -> bool:
     return len(recent) == patience > 0 and all(point.get("val_accuracy", 0.0) >= 1.0 for point in recent)
 
 
-_RESUMED_FIELDS = ("curve", "peak_saved_bytes", "peak_held_bytes", "peak_bytes", "peak_rss_bytes")
+_RESUMED_FIELDS = ("curve", "peak_saved_bytes", "peak_held_bytes", "peak_bytes", "peak_rss_bytes", "continued_from_step")
 """Result fields measured before a checkpoint that a resumed trial keeps."""
 
 

@@ -36,6 +36,8 @@ class Executor(ABC):
     name: str = ""
     times_here: bool = True
     """Whether trials run on this machine, so the driver's clean timing pass measures their hardware."""
+    shares_results_dir: bool = True
+    """Whether trials see the driver's results folder at its path (for kept training states, harness.states)."""
 
     def check(self, cells: list[Cell]) -> None:
         """Raise SweepError (one line) if the cells' resources cannot be met; before anything starts."""

@@ -178,6 +178,7 @@ class RayExecutor(Executor):
         self.concurrency = 1
         self.cluster_address = ""
         self.times_here = address is None  # a cluster's trials run on its nodes
+        self.shares_results_dir = address is None  # ... which may not see this machine's files
         # Tune's own console output (the configuration box, "View detailed results", a TensorBoard
         # hint) is off: the driver prints the project's progress lines. Read when Tune runs.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -76,3 +76,67 @@ def test_time_cap_counts_across_resumes(tmp_path):
     resumed = run_trial(spec)
     assert resumed.status == "timeout"
     assert resumed.steps_done < first.steps_done
+
+
+CONTINUED = dict(method="sab", seq_len=5, hidden_size=8, batch_size=4, eval_interval=20, eval_batches=1, k_trunc=3, k_att=2, k_top=2,
+                 select_on_validation=True, transfer_lengths=(12,))  # fmt: skip
+
+
+def _comparable(result) -> dict:
+    """A result without what depends on the clock."""
+    curve = [{k: v for k, v in point.items() if k != "elapsed_s"} for point in result.curve]
+    return {"metrics": result.metrics, "curve": curve, "steps_done": result.steps_done, "selected_step": result.selected_step,
+            "stop_reason": result.stop_reason, "status": result.status}  # fmt: skip
+
+
+def test_a_longer_budget_continues_from_the_shorter_runs_final_state_to_the_same_result(tmp_path):
+    kept = tmp_path / "states" / "60.pt"
+    shorter = run_trial(TrialSpec(**CONTINUED, steps=60, final_state_path=str(kept)))
+    assert shorter.status == "ok" and kept.exists()
+
+    continued = run_trial(TrialSpec(**CONTINUED, steps=140, continue_from=str(kept)))
+    from_scratch = run_trial(TrialSpec(**CONTINUED, steps=140))
+    assert continued.continued_from_step == 60 and from_scratch.continued_from_step == 0
+    assert _comparable(continued) == _comparable(from_scratch)  # training is deterministic: the same weights at every step
+    assert [p["step"] for p in continued.curve] == [20, 40, 60, 80, 100, 120, 140]
+    assert continued.train_seconds > shorter.train_seconds  # the shorter run's time counts: this is the time to 140 steps
+
+
+def test_continuing_from_a_missing_state_starts_at_step_0(tmp_path):
+    result = run_trial(TrialSpec(**CONTINUED, steps=20, continue_from=str(tmp_path / "none.pt")))
+    assert result.status == "ok" and result.continued_from_step == 0 and result.steps_done == 20
+
+
+def test_a_state_of_another_experiment_is_refused(tmp_path):
+    kept = tmp_path / "20.pt"
+    run_trial(TrialSpec(**CONTINUED, steps=20, final_state_path=str(kept)))
+    other = run_trial(TrialSpec(**{**CONTINUED, "k_top": 1}, steps=40, continue_from=str(kept)))
+    assert other.status == "error"
+    assert "k_top is 2 there, 1 here" in other.error
+    not_longer = run_trial(TrialSpec(**CONTINUED, steps=20, continue_from=str(kept)))
+    assert not_longer.status == "error" and "not before this trial's steps=20" in not_longer.error
+
+
+def test_a_continued_run_that_had_solved_the_task_stops_where_it_did(tmp_path):
+    import torch
+
+    kept = tmp_path / "40.pt"
+    run_trial(TrialSpec(**CONTINUED, steps=40, solved_patience=1, final_state_path=str(kept)))
+    state = torch.load(kept, weights_only=True)
+    state["result"]["curve"][-1]["val_accuracy"] = 1.0  # as if validation had been perfect at step 40
+    torch.save(state, kept)
+    result = run_trial(TrialSpec(**CONTINUED, steps=100, solved_patience=1, continue_from=str(kept)))
+    assert result.status == "ok" and result.stop_reason == "solved"
+    assert result.steps_done == 40 and result.continued_from_step == 40 and len(result.curve) == 2
+
+
+def test_a_kept_state_carries_the_loss_at_step_1(tmp_path):
+    """Divergence is judged against the loss at step 1; a resumed or continued run used to take
+    the loss at its own first step instead (harmless while that stays above the floor, wrong
+    below it)."""
+    import torch
+
+    kept = tmp_path / "20.pt"
+    run_trial(TrialSpec(**CONTINUED, steps=20, final_state_path=str(kept)))
+    state = torch.load(kept, weights_only=True)
+    assert state["first_loss"] > 1.0  # copy's cross-entropy over 10 symbols starts near log(10)
