@@ -3,7 +3,7 @@
 Every cell that ends ok keeps its training state after its last step (model, optimiser, data
 generator, learning curve, best-validation weights) under RESULTS_DIR/states/LINEAGE/STEPS.pt.
 LINEAGE hashes the cell's identity without its step budget and budget name: two cells that
-differ only in `steps` share it. A cell whose lineage holds a state of fewer steps (a multiple
+differ only in `steps` share it (unless the budget shapes training, e.g. a cosine lr schedule). A cell whose lineage holds a state of fewer steps (a multiple
 of its eval_interval, so the evaluations fall on the same steps) starts from the longest such
 state instead of from step 0. Training is deterministic on one machine type, so the continued
 cell ends where a run from step 0 would: tests/sab/test_checkpoint.py checks it to the digit.
@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from harness.cells import Cell, identity
+from sab.train import budget_shapes_training
 
 STATES_DIR = "states"
 
@@ -26,7 +27,8 @@ def lineage(cell: Cell) -> str:
     """A short hash of what the cell shares with the same experiment at other step budgets."""
     values = identity(cell.spec, budget="")
     values.pop("budget")
-    values["spec"].pop("steps", None)
+    if not budget_shapes_training(cell.spec):  # else every budget is its own lineage: nothing to continue
+        values["spec"].pop("steps", None)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -38,6 +38,9 @@ VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
 RESULT_STATUSES = ("ok", "oom", "diverged")
 FAILURE_STATUSES = ("error", "timeout")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
+"""`cosine`: lr x (1 + cos(pi (step - 1) / steps)) / 2, from the full lr at step 1 towards 0 at the
+budget's end; it depends on `steps`, so such a run is not continued to a longer budget."""
 DIVERGENCE_FACTOR, DIVERGENCE_FLOOR = 100.0, 0.1
 """A trial has diverged when its loss is not finite or exceeds DIVERGENCE_FACTOR x its first loss
 (at least DIVERGENCE_FLOOR, so a tiny starting loss does not make noise look like divergence)."""
@@ -102,6 +105,7 @@ class TrialSpec:
     batch_size: int = _field(32, "sequences per batch")
     lr: float = _field(1e-3, "learning rate")
     optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
+    lr_schedule: str = _field("constant", "lr over training: constant, or cosine (to ~0 at the last step)", choices=LR_SCHEDULES)
     clip: float = _field(1.0, "gradient-norm clip (0: none)")
     steps: int = _field(1000, "training steps (one batch each)")
     eval_interval: int = _field(200, "steps between validation evaluations")
@@ -169,6 +173,10 @@ class TrialSpec:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.attn_size is not None and self.attn_size < 1:
             raise ValueError(f"attn_size must be >= 1 or None, got {self.attn_size!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule != "constant" and self.cuda_graphs == "on":
+            raise ValueError(f"cuda_graphs='on' captures the lr once; lr_schedule={self.lr_schedule!r} needs cuda_graphs off or auto")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.dtype not in DTYPES:
@@ -365,7 +373,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
     result.replay_group = getattr(model, "replay_group", 0)
     result.static_shapes = getattr(model, "static_shapes", False)
     engine = METHODS[spec.method].engine
-    graphed = graphs_wanted(spec.cuda_graphs, device)
+    graphed = graphs_wanted(spec.cuda_graphs, device) and spec.lr_schedule == "constant"  # a graph would keep the first lr
     optimizer = _optimizer(spec, model.parameters(), capturable=graphed and device.type == "cuda")
     stepper = _Stepper(spec, task, model, engine, optimizer, device, dtype, graphed)
     generator = torch.Generator().manual_seed(spec.seed)
@@ -395,6 +403,9 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
         with cuda_peak(device) as cuda:
             worst = None  # the largest training loss since the start, kept on the device
             for step in range(first_step, spec.steps + 1):
+                if spec.lr_schedule != "constant":
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(spec, step)  # a Python float: no device work
                 out = _train_step(spec, step, task, stepper, generator, timer, result)
                 result.steps_done = step
                 worst = out.loss if worst is None else torch.maximum(worst, out.loss)  # NaN propagates
@@ -460,13 +471,26 @@ def _state(spec, model, optimizer, generator, step, started, timer, result, best
     return training_state(model, optimizer, generator, step, time.monotonic() - started, extra)
 
 
+def lr_at(spec: TrialSpec, step: int) -> float:
+    """The learning rate of training step `step` (1-based) under the spec's schedule."""
+    if spec.lr_schedule == "cosine":
+        return spec.lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / spec.steps))
+    return spec.lr
+
+
+def budget_shapes_training(spec: TrialSpec) -> bool:
+    """Whether the step budget changes what happens at each step (a schedule that ends with the
+    budget), so a longer budget cannot continue a shorter one."""
+    return spec.lr_schedule != "constant"
+
+
 def experiment(spec: TrialSpec) -> dict:
     """What a continued trial must share with the run it continues: every field but the step
-    budget and the execution details, as plain data."""
+    budget (unless the budget shapes training) and the execution details, as plain data."""
     return {
         f.name: list(value) if isinstance(value, tuple) else value
         for f in fields(spec)
-        if f.metadata["role"] != "execution" and f.name != "steps"
+        if f.metadata["role"] != "execution" and (f.name != "steps" or budget_shapes_training(spec))
         for value in [getattr(spec, f.name)]
     }
 
@@ -474,7 +498,8 @@ def experiment(spec: TrialSpec) -> dict:
 def continuation(spec: TrialSpec) -> dict:
     """The final state at `spec.continue_from`, checked to be this experiment's at fewer steps."""
     saved = Checkpointer(spec.continue_from).load()
-    theirs, ours = saved.get("experiment", {}), experiment(spec)
+    # a field added since the state was kept is read as its default (which keeps old behaviour)
+    theirs, ours = {**experiment(TrialSpec()), **saved.get("experiment", {})}, experiment(spec)
     differing = sorted(k for k in ours.keys() | theirs.keys() if theirs.get(k) != ours.get(k))
     if differing:
         name = differing[0]

@@ -39,11 +39,13 @@ def test_a_section_of_the_wrong_kind_is_one_line(tmp_path, monkeypatch, capsys, 
         ("seq_len=true", "seq_len must be an integer >= 1, got True"),
         ("lr=inf", "lr must be a finite number > 0, got inf"),
         ("time_limit_s=-1", "time_limit_s must be a finite number of seconds > 0"),
+        ("lr_schedule=linear", "unknown lr_schedule 'linear'; valid: constant, cosine"),
+        ("lr_schedule=cosine cuda_graphs=on", "lr_schedule='cosine' needs cuda_graphs off or auto"),
     ],
 )
 def test_bad_values_are_refused_before_work(tmp_path, monkeypatch, capsys, override, message):
     monkeypatch.chdir(tmp_path)
-    assert main(["copy_lengths", "budget=smoke", override, "--executor", "local"]) == 2
+    assert main(["copy_lengths", "budget=smoke", *override.split(), "--executor", "local"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not (tmp_path / "results").exists()

@@ -71,3 +71,13 @@ def test_clean_timing_times_the_engine_path_the_cells_ran():
     assert cell_id(plain, "quick") == cell_id(tuned, "quick")
     configs = timing_configs([Cell("s", "quick", plain), Cell("s", "quick", tuned)])
     assert [(c.replay_group, c.static_shapes) for c in configs] == [(None, False), (4, True)]
+
+
+def test_a_budget_dependent_schedule_gives_each_budget_its_own_lineage():
+    from harness.states import lineage
+
+    def cell(**values):
+        return Cell("s", "b", TrialSpec(method="sab", **values))
+
+    assert lineage(cell(steps=100)) == lineage(cell(steps=200)) != lineage(cell(steps=100, lr=0.01))
+    assert lineage(cell(steps=100, lr_schedule="cosine")) != lineage(cell(steps=200, lr_schedule="cosine"))

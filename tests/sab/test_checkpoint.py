@@ -140,3 +140,29 @@ def test_a_kept_state_carries_the_loss_at_step_1(tmp_path):
     run_trial(TrialSpec(**CONTINUED, steps=20, final_state_path=str(kept)))
     state = torch.load(kept, weights_only=True)
     assert state["first_loss"] > 1.0  # copy's cross-entropy over 10 symbols starts near log(10)
+
+
+def test_a_cosine_schedule_ends_with_its_budget_so_its_state_is_not_continued(tmp_path):
+    from sab.train import lr_at
+
+    spec = TrialSpec(**CONTINUED, steps=40, lr=0.01, lr_schedule="cosine")
+    assert lr_at(spec, 1) == 0.01 and lr_at(spec, 21) == 0.005 and 0 < lr_at(spec, 40) < 1e-4
+    kept = tmp_path / "40.pt"
+    cosine = run_trial(TrialSpec(**CONTINUED, steps=40, lr=0.01, lr_schedule="cosine", final_state_path=str(kept)))
+    constant = run_trial(TrialSpec(**CONTINUED, steps=40, lr=0.01))
+    assert cosine.status == constant.status == "ok"
+    assert cosine.curve[-1]["train_loss"] != constant.curve[-1]["train_loss"]  # the schedule reached the optimiser
+    longer = run_trial(TrialSpec(**CONTINUED, steps=80, lr=0.01, lr_schedule="cosine", continue_from=str(kept)))
+    assert longer.status == "error" and "steps is 40 there, 80 here" in longer.error
+
+
+def test_a_state_kept_before_a_field_existed_reads_it_as_its_default(tmp_path):
+    import torch
+
+    kept = tmp_path / "20.pt"
+    run_trial(TrialSpec(**CONTINUED, steps=20, final_state_path=str(kept)))
+    state = torch.load(kept, weights_only=True)
+    del state["experiment"]["lr_schedule"]  # as a state kept before lr_schedule was a field
+    torch.save(state, kept)
+    result = run_trial(TrialSpec(**CONTINUED, steps=40, continue_from=str(kept)))
+    assert result.status == "ok" and result.continued_from_step == 20
