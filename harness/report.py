@@ -32,7 +32,7 @@ from harness.machine import machine
 from harness.stats import INTERVAL_NAME, difference, estimate
 from harness.tracking import Tracker
 from sab.methods import METHODS, REFERENCES, SUBJECT
-from sab.train import FAILURE_STATUSES, RESULT_STATUSES
+from sab.train import FAILURE_STATUSES, RESULT_STATUSES, spec_fields
 
 GROUP_CANDIDATES = (
     "task",
@@ -47,6 +47,12 @@ GROUP_CANDIDATES = (
     "batch_size",
     "steps",
 )
+NOT_GROUPED = ("method", "seed", "lr", "inject_fault")
+"""Parameters never split a group: seeds are its replicates, lr is picked per group on validation,
+and a test hook is not an experiment."""
+OTHER_CANDIDATES = tuple(f for f in (*spec_fields("experiment"), *spec_fields("method")) if f not in (*GROUP_CANDIDATES, *NOT_GROUPED))
+"""Every other parameter of a cell's identity: one that varies across cells (lr_schedule, clip,
+optimizer, ...) splits groups too, so cells that differ in it are never pooled."""
 NUMERIC_PARAMS = ("seq_len", "k_trunc", "k_att", "k_top", "hidden_size", "attn_size", "batch_size", "steps", "seed", "lr")
 CELL_TAGS = (
     "executor",
@@ -100,7 +106,7 @@ def natural_key(name: str) -> list:
 def _group_keys(cells: pd.DataFrame) -> list[str]:
     """method, seq_len, and every other parameter that varies across the cells (not seed or lr)."""
     keys = ["method"]
-    for column in GROUP_CANDIDATES:
+    for column in (*GROUP_CANDIDATES, *OTHER_CANDIDATES):
         if column in cells and (column == "seq_len" or cells[column].nunique(dropna=True) > 1):
             keys.append(column)
     return keys
@@ -297,7 +303,9 @@ def contrast(cells: pd.DataFrame, metric: str = "accuracy") -> list[str]:
         if subject is None or not references:
             continue
         varying = [
-            c for c in (*GROUP_CANDIDATES, "lr") if c in group and any(by[m][c].nunique(dropna=True) > 1 for m in (SUBJECT, *references))
+            c
+            for c in (*GROUP_CANDIDATES, *OTHER_CANDIDATES, "lr")
+            if c in group and any(by[m][c].nunique(dropna=True) > 1 for m in (SUBJECT, *references))
         ]
         if varying:
             lines.append(
