@@ -396,12 +396,21 @@ def time_to_accuracy(cells: pd.DataFrame, curves: dict[str, list[tuple[int, floa
     if ok.empty or "val_accuracy" not in ok:
         return pd.DataFrame()
     frame = _timing_frame(timing) if not timing.empty else pd.DataFrame(columns=["method", "seq_len", "step_seconds"])
-    rows = []
-    for (method, seq_len), group in ok.groupby(["method", "seq_len"]):
+    rows, keys = [], _group_keys(ok)
+    for values, group in ok.groupby(keys, sort=True, dropna=False):
+        row = dict(zip(keys, values))
         steps = [first_step_at(curves[run_id], TARGET_ACCURACY) for run_id in group["run_id"]]
         reached = [s for s in steps if s is not None]
-        clean = frame[(frame["method"] == method) & (frame["seq_len"] == seq_len)]["step_seconds"].median()
-        row = {"method": method, "seq_len": int(seq_len), "reached": f"{len(reached)} of {len(steps)} seeds"}
+        timed = frame
+        for key, value in row.items():  # the timing of this configuration, as far as the timing rows name it
+            if key in frame and not pd.isna(value):
+                timed = (
+                    timed[timed[key].astype(str) == str(value)]
+                    if key == "method"
+                    else timed[pd.to_numeric(timed[key], errors="coerce") == value]
+                )
+        clean = timed["step_seconds"].median()
+        row.update(seq_len=int(row["seq_len"]), reached=f"{len(reached)} of {len(steps)} seeds")
         found = estimate(reached)
         row["steps to reach"] = found.text(0) if found else "not reached"
         row["wall-clock at clean s/step"] = _duration(found.mean * clean) if found and clean == clean else ("—" if found else "not reached")
@@ -473,7 +482,7 @@ def attention_section(cells: pd.DataFrame, tracker: Tracker, out: Path) -> list[
     lines = ["", "## Attention on the copy task", "",
              "Share of the recall steps' attention that lands on the memories written while the 10 symbols "
              "were read (the paper's claim: SAB attends to them).", ""]  # fmt: skip
-    table = rated.groupby(["method", "seq_len"])["attention_share"].mean().reset_index()
+    table = rated.groupby(_group_keys(rated), sort=True, dropna=False)["attention_share"].mean().reset_index()
     table["attention_share"] = table["attention_share"].map(lambda share: f"{share:.3f}")
     lines.append(_markdown(table.rename(columns={"attention_share": "share on symbol memories"})))
     shown = rated[rated["method"] == SUBJECT].sort_values(["seq_len", "seed"], ascending=[False, True]).head(1)

@@ -22,3 +22,6 @@ def test_cells_differing_in_lr_schedule_get_rows_of_their_own(tmp_path):
     assert set(table["accuracy"].str.extract(r"\(n=(\d+)\)")[0]) == {"1"}  # one seed each, not two pooled
     text = (report / "report.md").read_text()
     assert "several configurations per method (varying lr_schedule)" in text
+    for section in ("## Time to accuracy", "## Attention on the copy task"):  # every table, not only the main one
+        table = text.split(section)[1].split("\n## ")[0]
+        assert "| lr_schedule |" in table and "| cosine |" in table and "| constant |" in table, section
