@@ -338,11 +338,15 @@ def _differences(by: dict[str, pd.DataFrame], references: list[str], column: str
 
 def headline(cells: pd.DataFrame, metric: str) -> dict[str, float]:
     """The figures a runs page should show without a click: each method's mean metric over its ok
-    seeds per T (`accuracy.sab.T30`), and SAB's peak memory over each reference's."""
+    seeds per T (`accuracy.sab.T30`; a configuration that varies is named after it:
+    `accuracy.sab.T30.lr_schedule_cosine`), and SAB's peak memory over each reference's."""
     ok = cells[cells["status"] == "ok"]
     figures = {}
-    for (method, seq_len), group in ok.groupby(["method", "seq_len"]) if not ok.empty and metric in ok else ():
-        figures[f"{metric}.{method}.T{int(seq_len)}"] = float(group[metric].mean())
+    keys = _group_keys(ok) if not ok.empty else []
+    for values, group in ok.groupby(keys, sort=True, dropna=False) if not ok.empty and metric in ok else ():
+        row = dict(zip(keys, values))
+        varying = "".join(f".{k}_{v}" for k, v in row.items() if k not in ("method", "seq_len"))
+        figures[f"{metric}.{row['method']}.T{int(row['seq_len'])}{varying}"] = float(group[metric].mean())
     for seq_len, group in ok.groupby("seq_len") if "peak_bytes" in ok else ():
         by = group.groupby("method")["peak_bytes"].mean()
         for reference in REFERENCES:
