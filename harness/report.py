@@ -342,7 +342,7 @@ def headline(cells: pd.DataFrame, metric: str) -> dict[str, float]:
     `accuracy.sab.T30.lr_schedule_cosine`), and SAB's peak memory over each reference's."""
     ok = cells[cells["status"] == "ok"]
     figures = {}
-    keys = _group_keys(ok) if not ok.empty else []
+    keys = _group_keys(ok)
     for values, group in ok.groupby(keys, sort=True, dropna=False) if not ok.empty and metric in ok else ():
         row = dict(zip(keys, values))
         varying = "".join(f".{k}_{v}" for k, v in row.items() if k not in ("method", "seq_len"))

@@ -37,11 +37,16 @@ def kept_steps(folder: Path) -> list[int]:
     return sorted(int(p.stem) for p in folder.glob("*.pt") if p.stem.isdigit()) if folder.is_dir() else []
 
 
-def head_start(cell: Cell, root: Path) -> int:
-    """The steps of the state this cell would continue from (0: none, it starts at step 0)."""
+def head_start(cell: Cell, folder: Path) -> int:
+    """The steps of the kept state in its lineage's `folder` this cell would continue from (0: none)."""
     spec = cell.spec
-    usable = [s for s in kept_steps(root / lineage(cell)) if s < spec.steps and s % spec.eval_interval == 0]
+    usable = [s for s in kept_steps(folder) if s < spec.steps and s % spec.eval_interval == 0]
     return max(usable, default=0)
+
+
+def continues_from_step(cell: Cell) -> int:
+    """The step a cell prepared by `with_states` starts from (0: step 0)."""
+    return int(Path(cell.spec.continue_from).stem) if cell.spec.continue_from else 0
 
 
 def with_states(cells: list[Cell], root: Path, continue_runs: bool = True) -> list[Cell]:
@@ -50,7 +55,7 @@ def with_states(cells: list[Cell], root: Path, continue_runs: bool = True) -> li
     out = []
     for cell in cells:
         folder = root / lineage(cell)
-        start = head_start(cell, root) if continue_runs else 0
+        start = head_start(cell, folder) if continue_runs else 0
         spec = dataclasses.replace(
             cell.spec,
             final_state_path=str(folder / f"{cell.spec.steps}.pt"),

@@ -29,7 +29,7 @@ from harness import logs
 from harness.cells import Cell, check_data, expand
 from harness.config import LOWER_IS_BETTER, SweepConfig, SweepError, list_sweeps, load_sweep
 from harness.executors import EXECUTORS, Executor, make_executor
-from harness.states import STATES_DIR, with_states
+from harness.states import STATES_DIR, continues_from_step, with_states
 from harness.timing import clean_timing
 from harness.tracking import RUNNING, Tracker
 from harness.ui import runs_page
@@ -127,8 +127,7 @@ def _eta(finished: list, remaining: list[Cell], concurrency: int) -> str:
 
 def steps_to_run(cell: Cell) -> int:
     """The training steps a cell still needs: its budget less the kept state it continues from."""
-    start = Path(cell.spec.continue_from).stem if cell.spec.continue_from else "0"
-    return cell.spec.steps - (int(start) if start.isdigit() else 0)
+    return cell.spec.steps - continues_from_step(cell)
 
 
 def dry_run(cells: list[Cell], statuses: dict[str, str]) -> None:
@@ -144,8 +143,8 @@ def dry_run(cells: list[Cell], statuses: dict[str, str]) -> None:
             state = "running" if status == RUNNING else "failed"
         counts[state] += 1
         detail = f" ({status})" if status else ""
-        if state in ("missing", "failed") and steps_to_run(cell) < cell.spec.steps:
-            detail += f" (continues from step {cell.spec.steps - steps_to_run(cell)})"
+        if state in ("missing", "failed") and continues_from_step(cell):
+            detail += f" (continues from step {continues_from_step(cell)})"
         print(f"{state:8s} {cell.cell_id}  {cell.name}{detail}")
     print(f"{len(cells)} cells: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
 
@@ -218,7 +217,7 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
                 if total is None:
                     total = len(todo) if len(todo) > CLAIM_BATCH else len(claimed)
                     batches = f" in batches of {CLAIM_BATCH}" if total > CLAIM_BATCH else ""
-                    ahead = sum(1 for c in todo if steps_to_run(c) < c.spec.steps)
+                    ahead = sum(1 for c in todo if continues_from_step(c))
                     continuing = f" ({ahead} continue from a shorter budget's final state)" if ahead else ""
                     print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - len(todo) - running_before} "
                           f"done, {held} running elsewhere, {total} to run on {executor.name}{batches}{continuing}"
