@@ -103,6 +103,16 @@ class Cell:
         return out
 
 
+def fewest_seeds(cells: list[Cell]) -> int:
+    """The fewest seeds any configuration of these cells runs (a configuration: a cell's identity
+    without its seed). Below 2 a report can show figures but no interval, so it calls no difference."""
+    seeds: dict[str, set[int]] = {}
+    for cell in cells:
+        configuration = json.dumps(identity(dataclasses.replace(cell.spec, seed=_DEFAULTS.seed), cell.budget), sort_keys=True)
+        seeds.setdefault(configuration, set()).add(cell.spec.seed)
+    return min((len(s) for s in seeds.values()), default=0)
+
+
 def _matches(params: dict[str, Any], rule: dict[str, Any]) -> bool:
     for key, wanted in rule.items():
         options = wanted if isinstance(wanted, (list, tuple)) else [wanted]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from harness import logs
-from harness.cells import Cell, check_data, expand
+from harness.cells import Cell, check_data, expand, fewest_seeds
 from harness.config import LOWER_IS_BETTER, SweepConfig, SweepError, list_sweeps, load_sweep
 from harness.executors import EXECUTORS, Executor, make_executor
 from harness.states import STATES_DIR, continues_from_step, with_states
@@ -180,6 +180,12 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
         raise SweepError(
             f"sweep {config.name!r} has {len(cells)} cells ({steps:,} training steps in all), more than {LARGE_SWEEP}; "
             "check it with --dry-run, then pass --yes to run it"
+        )
+    if cells and fewest_seeds(cells) < 2:
+        print(
+            f"note: budget {config.budget!r} runs one seed per configuration: the report will show its figures "
+            "but call no difference (an interval needs >= 2 seeds each; add seeds with seed=[0,1,2])",
+            flush=True,
         )
     results_dir = Path(args.results_dir).resolve()
     if args.timing:

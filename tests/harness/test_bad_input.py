@@ -96,3 +96,11 @@ def test_a_huge_grid_needs_yes_and_writes_nothing(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "has 20400 cells" in err and "--yes" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_one_seed_budget_says_its_report_calls_no_difference(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["copy_lengths", "budget=smoke", "--dry-run"]) == 0
+    assert "note: budget 'smoke' runs one seed per configuration" in capsys.readouterr().out
+    assert main(["copy_lengths", "budget=smoke", "seed=[0,1]", "--dry-run"]) == 0
+    assert "runs one seed" not in capsys.readouterr().out

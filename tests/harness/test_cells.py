@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import harness.cells as cells_module
-from harness.cells import Cell, cell_id, expand
-from harness.config import load_sweep
+from harness.cells import Cell, cell_id, expand, fewest_seeds
+from harness.config import list_sweeps, load_sweep
 from sab.train import TrialSpec
 
 
@@ -81,3 +81,23 @@ def test_a_budget_dependent_schedule_gives_each_budget_its_own_lineage():
 
     assert lineage(cell(steps=100)) == lineage(cell(steps=200)) != lineage(cell(steps=100, lr=0.01))
     assert lineage(cell(steps=100, lr_schedule="cosine")) != lineage(cell(steps=200, lr_schedule="cosine"))
+
+
+def test_fewest_seeds_counts_seeds_per_configuration_not_per_sweep():
+    config = load_sweep("copy_lengths", ["budget=smoke", "method=[bptt,sab]", "seq_len=[5,6]", "seed=[0,1]"])
+    assert fewest_seeds(expand(config)) == 2
+    lopsided = expand(config) + expand(load_sweep("copy_lengths", ["budget=smoke", "method=[sab]", "seq_len=[5]", "seed=[7]"]))
+    assert fewest_seeds(lopsided) == 2  # sab at T=5 now has three seeds; the others keep two
+    one = expand(load_sweep("copy_lengths", ["budget=smoke", "method=[bptt,sab]", "seq_len=[5]", "seed=[0]", "grid.lr=[1e-3,3e-3]"]))
+    assert len(one) == 4 and fewest_seeds(one) == 1  # two lrs are two configurations, not two seeds
+
+
+def test_every_shipped_budget_but_smoke_runs_three_seeds_per_configuration():
+    """A report calls a difference only from an interval; 3 seeds is the fewest that gives a usable one."""
+    short = {}
+    for name in list_sweeps():
+        for budget in load_sweep(name).budgets:
+            seeds = fewest_seeds(expand(load_sweep(name, [f"budget={budget}"])))
+            if budget != "smoke" and seeds < 3:
+                short[f"{name}/{budget}"] = seeds
+    assert short == {}
