@@ -339,20 +339,38 @@ def _differences(by: dict[str, pd.DataFrame], references: list[str], column: str
 def headline(cells: pd.DataFrame, metric: str) -> dict[str, float]:
     """The figures a runs page should show without a click: each method's mean metric over its ok
     seeds per T (`accuracy.sab.T30`; a configuration that varies is named after it:
-    `accuracy.sab.T30.lr_schedule_cosine`), and SAB's peak memory over each reference's."""
+    `accuracy.sab.T30.lr_schedule_cosine`), and each SAB configuration's peak memory over that of
+    the reference configuration it matches (`peak_memory.sab_over_bptt.T30.k_top_5`)."""
     ok = cells[cells["status"] == "ok"]
-    figures = {}
+    if ok.empty or metric not in ok:
+        return {}
     keys = _group_keys(ok)
-    for values, group in ok.groupby(keys, sort=True, dropna=False) if not ok.empty and metric in ok else ():
-        row = dict(zip(keys, values))
-        varying = "".join(f".{k}_{v}" for k, v in row.items() if k not in ("method", "seq_len"))
-        figures[f"{metric}.{row['method']}.T{int(row['seq_len'])}{varying}"] = float(group[metric].mean())
-    for seq_len, group in ok.groupby("seq_len") if "peak_bytes" in ok else ():
-        by = group.groupby("method")["peak_bytes"].mean()
+    groups = [(dict(zip(keys, values)), group) for values, group in ok.groupby(keys, sort=True, dropna=False)]
+    figures = {}
+    for row, group in groups:
+        figures[f"{metric}.{row['method']}.T{int(row['seq_len'])}{_configuration_suffix(row)}"] = float(group[metric].mean())
+    if "peak_bytes" not in ok:
+        return figures
+    for row, group in groups:
+        if row["method"] != SUBJECT:
+            continue
         for reference in REFERENCES:
-            if SUBJECT in by and reference in by and by[reference] > 0:
-                figures[f"peak_memory.{SUBJECT}_over_{reference}.T{int(seq_len)}"] = float(by[SUBJECT] / by[reference])
+            matches = [g for other, g in groups if other["method"] == reference and _same_configuration(row, other)]
+            if len(matches) == 1 and matches[0]["peak_bytes"].mean() > 0:
+                name = f"peak_memory.{SUBJECT}_over_{reference}.T{int(row['seq_len'])}{_configuration_suffix(row)}"
+                figures[name] = float(group["peak_bytes"].mean() / matches[0]["peak_bytes"].mean())
     return figures
+
+
+def _configuration_suffix(row: dict) -> str:
+    """'.k_top_5.lr_schedule_cosine': a group's varying fields beyond method and T, for a metric name."""
+    shown = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in row.items() if not pd.isna(v)}
+    return "".join(f".{k}_{v}" for k, v in shown.items() if k not in ("method", "seq_len"))
+
+
+def _same_configuration(row: dict, other: dict) -> bool:
+    """Two groups that agree on every field both set (a reference leaves the knobs it ignores unset)."""
+    return all(pd.isna(row[k]) or pd.isna(other[k]) or row[k] == other[k] for k in row if k != "method")
 
 
 TARGET_ACCURACY = 0.9

@@ -159,3 +159,18 @@ def test_natural_key_orders_digit_runs_as_numbers():
     names = ["recall_pos_10", "recall_pos_2", "transfer_accuracy_100", "recall_pos_1", "transfer_accuracy_60", "k_top"]
     assert sorted(names, key=natural_key) == ["k_top", "recall_pos_1", "recall_pos_2", "recall_pos_10", "transfer_accuracy_60",
                                               "transfer_accuracy_100"]  # fmt: skip
+
+
+def test_the_summary_memory_ratio_is_per_configuration_not_pooled():
+    rows = [
+        {"method": "sab", "seq_len": 100, "k_top": k_top, "seed": seed, "status": "ok", "accuracy": 0.9, "peak_bytes": peak}
+        for k_top, peak in ((1, 1.0), (5, 3.0))
+        for seed in range(2)
+    ]
+    rows += [
+        {"method": "bptt", "seq_len": 100, "k_top": None, "seed": s, "status": "ok", "accuracy": 0.3, "peak_bytes": 4.0} for s in range(2)
+    ]
+    figures = headline(pd.DataFrame(rows), "accuracy")
+    ratios = {name: value for name, value in figures.items() if name.startswith("peak_memory.")}
+    assert ratios == {"peak_memory.sab_over_bptt.T100.k_top_1": 0.25, "peak_memory.sab_over_bptt.T100.k_top_5": 0.75}
+    assert "accuracy.bptt.T100" in figures  # a reference without the knob is not named after it
