@@ -22,6 +22,7 @@ import faulthandler
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -292,8 +293,24 @@ def _figure(value: float) -> str:
     return f"{int(value)}" if float(value).is_integer() else f"{value:.4g}"
 
 
+def _stop_as_on_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM (`kill`, `timeout`, a scheduler ending the job) stops a sweep the way Ctrl-C does:
+    trials stopped, unfinished claims released as killed, the invocation's run closed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_intermixed_args(argv)  # overrides may follow the --options
     logs.configure(args.verbosity)

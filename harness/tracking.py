@@ -335,11 +335,11 @@ class Tracker:
         ]
 
     def release(self, run_ids: list[str]) -> None:
-        """Mark this driver's unfinished claims KILLED (Ctrl-C), so a rerun runs them."""
+        """Mark this driver's unfinished claims KILLED (Ctrl-C or SIGTERM), so a rerun runs them."""
         with self.lock():
             for run_id in run_ids:
                 self.client.set_tag(run_id, "status", "killed")
-                self.client.set_tag(run_id, "error", "interrupted (Ctrl-C) before the cell finished")
+                self.client.set_tag(run_id, "error", "interrupted (Ctrl-C or SIGTERM) before the cell finished")
                 self.client.set_terminated(run_id, status="KILLED")
 
     def end_parent(self, failed: bool, killed: bool = False) -> None:
@@ -446,20 +446,26 @@ def _store_errors(uri: str):
         ) from None
 
 
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Signals held while the store is written: each stops a sweep (harness.sweep), never mid-write."""
+
+
 @contextlib.contextmanager
 def _ctrl_c_deferred():
-    """Hold a SIGINT that arrives inside the block and raise KeyboardInterrupt once it is done."""
+    """Hold a SIGINT or SIGTERM that arrives inside the block and deliver it, to the handler it
+    would have met, once the block is done (a store write is never cut in half)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum)) for number in DEFERRED_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if caught:
-        raise KeyboardInterrupt
+        signal.raise_signal(caught[0])
 
 
 def _dataset_input(spec):

@@ -9,11 +9,13 @@ Tune callback; the driver alone writes MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -199,21 +201,8 @@ class RayExecutor(Executor):
 
         os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-        if not ray.is_initialized():
-            if self.address is None:
-                ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False, logging_level="warning", log_to_driver=False)
-            else:
-                try:
-                    ray.init(address=self.address, logging_level="warning", log_to_driver=False)
-                except ConnectionError as error:
-                    raise SweepError(f"cannot reach the Ray cluster at {self.address!r}: {str(error).splitlines()[0]}") from None
-                except Exception as error:
-                    if "Authentication" in type(error).__name__ or "InvalidAuthToken" in str(error):
-                        raise SweepError(
-                            f"the Ray cluster at {self.address!r} wants its auth token: copy it to ~/.ray/auth_token "
-                            "(or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) and set RAY_AUTH_MODE=token"
-                        ) from None
-                    raise
+        with _sigterm_handler_kept():
+            self._init(ray)
         self.cluster_address = ray.get_runtime_context().gcs_address
         available = ray.cluster_resources()
         need_cpu, need_gpu = self.resources.cpus_per_trial, self.resources.gpus_per_trial
@@ -222,6 +211,25 @@ class RayExecutor(Executor):
         if need_gpu > available.get("GPU", 0):
             raise SweepError(f"resources.gpus_per_trial={need_gpu} but the Ray cluster has {available.get('GPU', 0):g} GPUs")
         return available
+
+    def _init(self, ray) -> None:
+        """Start the private local Ray, or join the cluster at `address`, unless this process already did."""
+        if ray.is_initialized():
+            return
+        if self.address is None:
+            ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False, logging_level="warning", log_to_driver=False)
+        else:
+            try:
+                ray.init(address=self.address, logging_level="warning", log_to_driver=False)
+            except ConnectionError as error:
+                raise SweepError(f"cannot reach the Ray cluster at {self.address!r}: {str(error).splitlines()[0]}") from None
+            except Exception as error:
+                if "Authentication" in type(error).__name__ or "InvalidAuthToken" in str(error):
+                    raise SweepError(
+                        f"the Ray cluster at {self.address!r} wants its auth token: copy it to ~/.ray/auth_token "
+                        "(or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) and set RAY_AUTH_MODE=token"
+                    ) from None
+                raise
 
     def _scratch(self) -> str:
         """Where Tune may write while a sweep runs: under the executor's folder (results/ray)."""
@@ -312,3 +320,18 @@ class RayExecutor(Executor):
                     else "Ray Tune ended without a result for this cell"
                 )
                 yield make(cell, TrialResult(status="error", error_type="NotRun", error=reason), 0.0)
+
+
+@contextlib.contextmanager
+def _sigterm_handler_kept():
+    """ray.init installs a handler that aborts the driver on SIGTERM (exit -6, claims left open);
+    put back the one the caller had (the sweep's: stop as Ctrl-C does)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -273,21 +273,27 @@ def test_a_sigkilled_driver_leaves_no_trial_running(delay_s):
     assert _gone_within(children, 5), f"trial {children} outlived its SIGKILLed driver (delay {delay_s} s)"
 
 
-@pytest.mark.parametrize("how", ["kill", "term_then_kill"])  # kill -9; `timeout -k`: SIGTERM, then SIGKILL 2 s later
-def test_ray_trials_stop_within_seconds_of_their_driver(tmp_path, how):
-    sweeps = _sweeps(
-        tmp_path, forever=f"fixed: {{{TINY}, steps: 1000000, eval_interval: 20}}\ngrid: {{seed: [0, 1]}}\nbudgets: {{quick: {{}}}}\n"
-    )
+FOREVER = f"fixed: {{{TINY}, steps: 1000000, eval_interval: 20}}\ngrid: {{seed: [0, 1]}}\nbudgets: {{quick: {{}}}}\n"
+
+
+def _training_ray_driver(tmp_path: Path, **popen: object) -> tuple[subprocess.Popen, Path, list[int]]:
+    """A Ray sweep of two endless trials, returned once one is training: (driver, its folder, trial pids)."""
     work = tmp_path / "work"
     work.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(sweeps))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(_sweeps(tmp_path, forever=FOREVER)))
     driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "forever", "--executor", "ray", "--no-timing"], cwd=work, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)  # fmt: skip
     for line in driver.stdout:  # a trial is training once it reports a step
         if "step=" in line:
             break
     children = _trial_children(driver.pid)
     assert children, "no trial process found under the driver"
+    return driver, work, children
+
+
+@pytest.mark.parametrize("how", ["kill", "term_then_kill"])  # kill -9; `timeout -k`: SIGTERM, then SIGKILL 2 s later
+def test_ray_trials_stop_within_seconds_of_their_driver(tmp_path, how):
+    driver, _, children = _training_ray_driver(tmp_path)
     if how == "term_then_kill":
         driver.terminate()
         try:
@@ -297,6 +303,22 @@ def test_ray_trials_stop_within_seconds_of_their_driver(tmp_path, how):
     driver.kill()
     driver.wait()
     assert _gone_within(children, 10), f"Ray trials {children} kept running after their driver was SIGKILLed"
+
+
+def test_sigterm_stops_a_background_sweep_as_ctrl_c_does(tmp_path):
+    """`kill PID` (or `timeout`, or a scheduler ending the job) on a driver started in the background,
+    where SIGINT is ignored: trials stopped, claims released as killed, the invocation's run closed.
+    (Ray's own SIGTERM handler in the driver would abort it, exit -6, with the claims left open.)"""
+    driver, work, children = _training_ray_driver(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    driver.terminate()
+    rest = _output_or_stacks(driver, timeout=60)
+    assert driver.returncode == 130, rest[-2000:]
+    assert "interrupted: 0 of 2 cells finished and are recorded" in rest and "Traceback" not in rest, rest[-2000:]
+    assert _gone_within(children, 10), f"trials {children} outlived their SIGTERMed driver"
+    runs = _runs(work, "forever")
+    assert sorted(runs["tags.status"]) == ["killed", "killed"] and (runs["status"] == "KILLED").all()
+    invocation = mlflow.search_runs(experiment_names=["forever"], filter_string="tags.kind = 'invocation'")
+    assert list(invocation["status"]) == ["KILLED"]
 
 
 def test_a_huge_grid_claims_in_batches_and_stops_on_ctrl_c_within_seconds(tmp_path):
