@@ -167,6 +167,8 @@ def lr_choice_table(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
             continue
         ok = group[group["status"] == "ok"]
         picked = ok[ok["lr"] == best][column]
+        tried = sorted(group["lr"].dropna().unique())
+        edge = " (largest tried)" if best == tried[-1] else " (smallest tried)" if best == tried[0] else ""
         for lr, every in group.groupby("lr", sort=True):
             runs = every[every["status"] == "ok"]
             row = dict(zip(keys, values if isinstance(values, tuple) else (values,)), lr=f"{lr:g}")
@@ -174,7 +176,7 @@ def lr_choice_table(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
             if column != metric:
                 row[f"{metric} (not used to choose)"] = _fmt(runs[metric])
             row["cells not ok"] = f"{len(every) - len(runs)} of {len(every)}"
-            row["picked"] = "yes" if lr == best else ""
+            row["picked"] = f"yes{edge}" if lr == best else ""
             lead = difference(f"{best:g}", picked, f"{lr:g}", runs[column]) if lr != best else None
             row["picked - this, validation"] = lead.text(higher_is_better=higher_is_better) if lead else "—"
             rows.append(row)
@@ -638,7 +640,8 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
             "", "Every lr of the methods that ran at several, mean [" + INTERVAL_NAME + "] (n). Among the lrs with the "
             "smallest share of cells not ok (diverged, out of memory, crashed), the one with the best mean validation figure "
             "is picked, and every other section of this report shows only its cells; the last column "
-            "says whether the pick beats each other lr by more than the seeds' spread.",
+            "says whether the pick beats each other lr by more than the seeds' spread. A pick marked largest (or smallest) "
+            "tried sits at the edge of the axis: an lr beyond it was not tried and may do better.",
             "", _markdown(lr_table),
         ]  # fmt: skip
     stopping = stopping_table(picked)

@@ -117,7 +117,12 @@ def test_the_lr_table_shows_every_lr_the_pick_and_its_validation_lead_with_an_in
     cells.loc[len(cells)] = {"method": "bptt", "seq_len": 100, "lr": 0.003, "seed": 3, "status": "crashed", "val_accuracy": float("nan")}
     table = lr_choice_table(cells, "accuracy").set_index(["method", "lr"])
     assert list(table.index) == [("bptt", "0.003"), ("bptt", "0.01"), ("sab", "0.003"), ("sab", "0.01")]
-    assert table["picked"].to_dict() == {("bptt", "0.003"): "", ("bptt", "0.01"): "yes", ("sab", "0.003"): "yes", ("sab", "0.01"): ""}
+    assert table["picked"].to_dict() == {
+        ("bptt", "0.003"): "",
+        ("bptt", "0.01"): "yes (largest tried)",  # an lr beyond the axis may do better, and the table says so
+        ("sab", "0.003"): "yes (smallest tried)",
+        ("sab", "0.01"): "",
+    }
     assert table.loc[("sab", "0.01"), "val_accuracy (choice)"].startswith("0.250 [")
     assert table.loc[("sab", "0.01"), "accuracy (not used to choose)"].startswith("0.240 [")
     lead = table.loc[("sab", "0.01"), "picked - this, validation"]
@@ -136,7 +141,7 @@ def test_an_lr_whose_seeds_partly_failed_cannot_win_on_its_survivors():
     assert picked.groupby("method")["lr"].unique().map(list).to_dict() == {"bptt": [0.01], "sab": [0.01]}
     table = lr_choice_table(cells, "accuracy").set_index(["method", "lr"])
     assert table.loc[("sab", "0.003"), "cells not ok"] == "1 of 3" and table.loc[("sab", "0.01"), "cells not ok"] == "0 of 3"
-    assert table.loc[("sab", "0.01"), "picked"] == "yes"
+    assert table.loc[("sab", "0.01"), "picked"] == "yes (largest tried)"
     assert table.loc[("sab", "0.003"), "picked - this, validation"].startswith("0.01 - 0.003 = -")  # the cost, shown
 
 
@@ -174,3 +179,10 @@ def test_the_summary_memory_ratio_is_per_configuration_not_pooled():
     ratios = {name: value for name, value in figures.items() if name.startswith("peak_memory.")}
     assert ratios == {"peak_memory.sab_over_bptt.T100.k_top_1": 0.25, "peak_memory.sab_over_bptt.T100.k_top_5": 0.75}
     assert "accuracy.bptt.T100" in figures  # a reference without the knob is not named after it
+
+
+def test_a_pick_inside_the_lr_axis_is_not_marked_as_an_edge():
+    cells = _lr_study_cells()
+    middle = cells[cells["lr"] == 0.003].assign(lr=0.006, val_accuracy=lambda f: f["val_accuracy"] + 0.5)
+    table = lr_choice_table(pd.concat([cells, middle], ignore_index=True), "accuracy").set_index(["method", "lr"])
+    assert table.loc[("sab", "0.006"), "picked"] == "yes" and table.loc[("bptt", "0.006"), "picked"] == "yes"
