@@ -19,7 +19,7 @@ from typing import Any
 from harness.config import SweepConfig, SweepError
 from sab import METHOD_VERSION
 from sab.methods import METHODS
-from sab.train import TrialSpec, resolved_scorer_init, spec_fields
+from sab.train import TrialSpec, attention_note, resolved_scorer_init, spec_fields
 
 SCHEMA_VERSION = 1
 """Bumped by hand when what a cell records changes shape."""
@@ -153,19 +153,32 @@ def expand(config: SweepConfig) -> list[Cell]:
     return list(cells.values())
 
 
-def check_data(cells: list[Cell]) -> None:
-    """Build each distinct task once, so missing or malformed data fails before any work starts."""
+def check_data(cells: list[Cell]) -> dict[str, int]:
+    """Build each distinct task once, so missing or malformed data fails before any work starts;
+    returns each cell's sequence length (cell id -> steps), which only a built task knows."""
     from sab.data import DataError
     from sab.tasks import make_task
 
-    seen = set()
+    lengths: dict[tuple, int] = {}
     for cell in cells:
         s = cell.spec
         key = (s.task, s.seq_len, s.data_dir, s.permutation_seed)
-        if key in seen:
+        if key in lengths:
             continue
-        seen.add(key)
         try:
-            make_task(s.task, s.seq_len, s.data_dir, s.permutation_seed)
+            lengths[key] = make_task(s.task, s.seq_len, s.data_dir, s.permutation_seed).length
         except (DataError, ValueError) as error:
             raise SweepError(str(error)) from None
+    return {c.cell_id: lengths[(c.spec.task, c.spec.seq_len, c.spec.data_dir, c.spec.permutation_seed)] for c in cells}
+
+
+def attention_notes(cells: list[Cell], lengths: dict[str, int]) -> list[str]:
+    """One line per way a grid's sparsity cannot act as asked (k_top at or above the memories a
+    step can read), with how many cells it covers: such cells attend densely, so cells that differ
+    only in those k_top values are the same experiment run twice."""
+    counts: dict[str, int] = {}
+    for cell in cells:
+        note = attention_note(cell.spec, lengths[cell.cell_id])
+        if note:
+            counts[note] = counts.get(note, 0) + 1
+    return [f"{n} cell{'s' if n > 1 else ''}: {note}" for note, n in counts.items()]

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from harness import logs
-from harness.cells import Cell, check_data, expand, fewest_seeds
+from harness.cells import Cell, attention_notes, check_data, expand, fewest_seeds
 from harness.config import LOWER_IS_BETTER, SweepConfig, SweepError, list_sweeps, load_sweep
 from harness.executors import EXECUTORS, Executor, make_executor
 from harness.states import STATES_DIR, continues_from_step, with_states
@@ -198,7 +198,8 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
 
     executor = make_executor(args.executor, config, results_dir, address=args.address, on_report=on_report, detach=args.detach)
     executor.check(cells)
-    check_data(cells)
+    for note in attention_notes(cells, check_data(cells)):
+        print(f"note: {note}", flush=True)
     handed_off_cells = cells  # as an earlier invocation expanded them: their results say what they did
     if executor.shares_results_dir:
         cells = with_states(cells, results_dir / STATES_DIR, continue_runs=not args.from_scratch)

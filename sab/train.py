@@ -714,11 +714,11 @@ def attention_note(spec: TrialSpec, length: int) -> str:
     """What a user should know when the sparsity settings cannot act as asked at this length."""
     if "k_top" not in METHODS[spec.method].reads:
         return ""
-    memories = length // spec.k_att
-    if spec.k_top >= memories:
+    readable = (length - 1) // spec.k_att  # the last step reads those written at k_att, 2 k_att, ... < length
+    if spec.k_top >= readable:
         return (
-            f"k_top={spec.k_top} >= the {memories} memories a sequence of {length} steps writes (k_att={spec.k_att}): "
-            "every step attends to all memories through a softmax, never sparsely"
+            f"k_top={spec.k_top} >= the {readable} memories a step of a {length}-step sequence can read (k_att={spec.k_att}): "
+            "every step attends to all its memories through a softmax, never sparsely"
         )
     return ""
 

@@ -104,3 +104,12 @@ def test_a_one_seed_budget_says_its_report_calls_no_difference(tmp_path, monkeyp
     assert "note: budget 'smoke' runs one seed per configuration" in capsys.readouterr().out
     assert main(["copy_lengths", "budget=smoke", "seed=[0,1]", "--dry-run"]) == 0
     assert "runs one seed" not in capsys.readouterr().out
+
+
+def test_a_k_top_that_attends_every_memory_is_said_before_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["ktop_ktrunc", "grid.k_top=[2,3,5]", "--dry-run"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "memories a step" in line]
+    assert [line.split(" >= ")[0] for line in notes] == ["note: 9 cells: k_top=3", "note: 9 cells: k_top=5"]
+    assert main(["copy_lengths", "--dry-run"]) == 0
+    assert "memories a step" not in capsys.readouterr().out  # the main job's k_top is sparse at every T

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sab.tasks import make_task
-from sab.train import TrialSpec, load_weights, run_trial
+from sab.train import TrialSpec, attention_note, load_weights, run_trial
 
 TINY = dict(task="copy", seq_len=5, hidden_size=8, batch_size=4, steps=6, eval_interval=3, eval_batches=1, k_trunc=3, k_att=2, k_top=2)
 
@@ -247,3 +247,16 @@ def test_a_cell_records_the_scorer_init_auto_resolved_to():
     assert (sab_copy.scorer_init, sab_adding.scorer_init) == ("zero", "uniform")
     assert identity(TrialSpec(task="adding", method="sab", seq_len=10), "quick")["spec"]["scorer_init"] == "uniform"
     assert "scorer_init" not in identity(TrialSpec(task="adding", method="bptt", seq_len=10), "quick")["spec"]
+
+
+def test_a_k_top_at_or_above_the_readable_memories_is_dense_and_the_note_says_so():
+    """Copy at T = 20 is 40 steps; with k_att = 10 a step reads at most 3 memories, so k_top = 3 and
+    5 train the same model (a softmax over all of them) and k_top = 2 does not."""
+    base = dict(
+        task="copy", seq_len=20, method="sab", hidden_size=8, batch_size=4, k_att=10, k_trunc=10, steps=4, eval_interval=2, eval_batches=1
+    )
+    curves = {k: [{m: v for m, v in p.items() if m != "elapsed_s"} for p in run_trial(TrialSpec(**base, k_top=k)).curve] for k in (2, 3, 5)}
+    assert curves[3] == curves[5] and curves[2] != curves[3]
+    length = make_task("copy", 20).length
+    assert [bool(attention_note(TrialSpec(**base, k_top=k), length)) for k in (2, 3, 5)] == [False, True, True]
+    assert "the 3 memories a step of a 40-step sequence can read" in attention_note(TrialSpec(**base, k_top=3), length)
