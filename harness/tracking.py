@@ -458,7 +458,8 @@ def _ctrl_c_deferred():
         yield
         return
     caught = []
-    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum)) for number in DEFERRED_SIGNALS}
+    held = [number for number in DEFERRED_SIGNALS if signal.getsignal(number) is not None]  # None: a handler set outside Python, left alone
+    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum)) for number in held}
     try:
         yield
     finally:

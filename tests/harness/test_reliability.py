@@ -371,3 +371,18 @@ def test_claims_of_a_driver_on_another_host_are_rerun_once_its_heartbeat_is_stal
     assert [statuses[c.cell_id] for c in cells] == ["running", "killed", "running"]
     claimed, held = tracker.claim(cells, "smoke")
     assert [c.cell_id for c, _ in claimed] == [cells[1].cell_id] and held == 2  # only the stale driver's cell is taken over
+
+
+def test_a_sigterm_during_a_store_write_is_delivered_once_the_write_is_done():
+    from harness.tracking import _ctrl_c_deferred
+
+    seen: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append("stopped"))
+    try:
+        with _ctrl_c_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            seen.append("written")
+        seen.append("after")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == ["written", "stopped", "after"]
