@@ -9,6 +9,7 @@ the run, not part of the id: a rerun after an unrelated commit still finds its c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -77,9 +78,9 @@ class Cell:
     spec: TrialSpec
     axes: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property
     def cell_id(self) -> str:
-        """Content-addressed id (see module docstring)."""
+        """Content-addressed id (see module docstring); hashed once per cell, as every step of a sweep asks for it."""
         return cell_id(self.spec, self.budget)
 
     @property
@@ -159,17 +160,18 @@ def check_data(cells: list[Cell]) -> dict[str, int]:
     from sab.data import DataError
     from sab.tasks import make_task
 
-    lengths: dict[tuple, int] = {}
+    task_lengths: dict[tuple, int] = {}
+    cell_lengths: dict[str, int] = {}
     for cell in cells:
         s = cell.spec
         key = (s.task, s.seq_len, s.data_dir, s.permutation_seed)
-        if key in lengths:
-            continue
-        try:
-            lengths[key] = make_task(s.task, s.seq_len, s.data_dir, s.permutation_seed).length
-        except (DataError, ValueError) as error:
-            raise SweepError(str(error)) from None
-    return {c.cell_id: lengths[(c.spec.task, c.spec.seq_len, c.spec.data_dir, c.spec.permutation_seed)] for c in cells}
+        if key not in task_lengths:
+            try:
+                task_lengths[key] = make_task(*key).length
+            except (DataError, ValueError) as error:
+                raise SweepError(str(error)) from None
+        cell_lengths[cell.cell_id] = task_lengths[key]
+    return cell_lengths
 
 
 def attention_notes(cells: list[Cell], lengths: dict[str, int]) -> list[str]:

@@ -720,6 +720,13 @@ def attention_note(spec: TrialSpec, length: int) -> str:
             f"k_top={spec.k_top} >= the {readable} memories a step of a {length}-step sequence can read (k_att={spec.k_att}): "
             "every step attends to all its memories through a softmax, never sparsely"
         )
+    if spec.k_top == 1:  # one kept memory: relu(d1 - d2) / (relu(d1 - d2) + eps) is 1, or 0 at a tie
+        if resolved_scorer_init(spec.task, spec.method, spec.scorer_init) == "zero":
+            return (
+                "k_top=1 with scorer_init=zero: the scorer never gets a gradient (every score stays tied, and the one "
+                "kept memory's weight is 0 at a tie), so no memory is read once two exist; use k_top >= 2"
+            )
+        return "k_top=1: the one kept memory's weight is ~1 whatever the scores, so the scorer learns only through the normaliser's eps; use k_top >= 2"
     return ""
 
 

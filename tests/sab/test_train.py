@@ -260,3 +260,24 @@ def test_a_k_top_at_or_above_the_readable_memories_is_dense_and_the_note_says_so
     length = make_task("copy", 20).length
     assert [bool(attention_note(TrialSpec(**base, k_top=k), length)) for k in (2, 3, 5)] == [False, True, True]
     assert "the 3 memories a step of a 40-step sequence can read" in attention_note(TrialSpec(**base, k_top=3), length)
+
+
+def test_k_top_1_with_a_zero_scorer_never_moves_the_scorer_and_the_note_says_so():
+    """One kept memory weighs relu(d1 - d2) / (relu(d1 - d2) + eps): with w = 0 every score ties, the
+    weight is 0 and its relu passes no gradient, so the scorer stays at zero for good; k_top = 2 moves it."""
+    from sab.credit import training_step
+    from sab.methods import METHODS, build_model
+
+    task = make_task("copy", 20)
+    batch = task.sample(4, torch.Generator().manual_seed(0))
+    scorer_grads = {}
+    for k_top in (1, 2):
+        torch.manual_seed(0)
+        model = build_model("sab", task.input_size, 16, task.output_size, k_top=k_top, k_att=5, scorer_init="zero")
+        training_step(METHODS["sab"].engine, model, torch.optim.SGD(model.parameters(), lr=0.0), batch, task.loss, 5)
+        scorer_grads[k_top] = sum(p.grad.abs().sum() for n, p in model.named_parameters() if n.startswith("scorer."))
+    assert scorer_grads[1] == 0 and scorer_grads[2] > 0
+    spec = dict(task="copy", seq_len=20, method="sab", k_att=5)
+    assert "scorer never gets a gradient" in attention_note(TrialSpec(**spec, k_top=1), task.length)
+    assert "only through the normaliser" in attention_note(TrialSpec(**spec, k_top=1, scorer_init="uniform"), task.length)
+    assert attention_note(TrialSpec(**spec, k_top=2), task.length) == ""
