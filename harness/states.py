@@ -5,8 +5,9 @@ generator, learning curve, best-validation weights) under RESULTS_DIR/states/LIN
 LINEAGE hashes the cell's identity without its step budget and budget name: two cells that
 differ only in `steps` share it (unless the budget shapes training, e.g. a cosine lr schedule).
 A cell whose lineage holds a state of fewer steps (a multiple of its eval_interval, so the
-evaluations fall on the same steps) starts from the longest such state instead of from step 0. Training is deterministic on one machine type, so the continued
-cell ends where a run from step 0 would: tests/sab/test_checkpoint.py checks it to the digit.
+evaluations fall on the same steps) starts from the longest such state instead of from step 0.
+Training is deterministic on one machine type, so the continued cell ends where a run from
+step 0 would: tests/sab/test_checkpoint.py checks it to the digit.
 Deleting the folder is safe: it only costs the head start.
 """
 
