@@ -442,6 +442,13 @@ def time_to_accuracy(cells: pd.DataFrame, curves: dict[str, list[tuple[int, floa
     return pd.DataFrame(rows)
 
 
+def _no_time_to_accuracy(metric: str) -> str:
+    """Why the time-to-accuracy table is empty: no curves, or a metric the accuracy target does not apply to."""
+    if metric == "accuracy":
+        return "_No validation curves recorded._"
+    return f"_Not computed: the target is a validation accuracy, and this sweep is measured in {metric}._"
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -621,7 +628,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         "", f"## Time to accuracy (validation accuracy >= {TARGET_ACCURACY})", "",
         "Steps until a seed's validation accuracy first reached the target (mean [95% t interval] over the seeds that reached "
         "it), and that many steps at the clean s/step above.",
-        "", _markdown(reaching) if not reaching.empty else "_No validation curves recorded._",
+        "", _markdown(reaching) if not reaching.empty else _no_time_to_accuracy(config.metric),
     ]  # fmt: skip
     progress = progress_table(picked, curves, _group_keys(picked)) if curves else pd.DataFrame()
     if not progress.empty:

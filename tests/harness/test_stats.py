@@ -186,3 +186,11 @@ def test_a_pick_inside_the_lr_axis_is_not_marked_as_an_edge():
     middle = cells[cells["lr"] == 0.003].assign(lr=0.006, val_accuracy=lambda f: f["val_accuracy"] + 0.5)
     table = lr_choice_table(pd.concat([cells, middle], ignore_index=True), "accuracy").set_index(["method", "lr"])
     assert table.loc[("sab", "0.006"), "picked"] == "yes" and table.loc[("bptt", "0.006"), "picked"] == "yes"
+
+
+def test_time_to_accuracy_says_why_it_is_empty_for_a_metric_other_than_accuracy():
+    """A bits-per-character sweep records curves, but the accuracy target does not apply to it."""
+    from harness.report import _no_time_to_accuracy
+
+    assert "No validation curves" in _no_time_to_accuracy("accuracy")
+    assert "measured in bpc" in _no_time_to_accuracy("bpc") and "No validation curves" not in _no_time_to_accuracy("bpc")
