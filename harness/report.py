@@ -28,6 +28,7 @@ from harness import logs
 from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
 from harness.curves import first_step_at, progress_table, validation_curves
 from harness.figures import metric_plots
+from harness.grid_drift import IDENTITY_COLUMN, current_grid, outside_grid, repeated_seeds, split_earlier_identities
 from harness.machine import machine
 from harness.stats import INTERVAL_NAME, difference, estimate
 from harness.tracking import Tracker
@@ -106,7 +107,7 @@ def natural_key(name: str) -> list:
 def _group_keys(cells: pd.DataFrame) -> list[str]:
     """method, seq_len, and every other parameter that varies across the cells (not seed or lr)."""
     keys = ["method"]
-    for column in (*GROUP_CANDIDATES, *OTHER_CANDIDATES):
+    for column in (*GROUP_CANDIDATES, *OTHER_CANDIDATES, IDENTITY_COLUMN):
         if column in cells and (column == "seq_len" or cells[column].nunique(dropna=True) > 1):
             keys.append(column)
     return keys
@@ -559,7 +560,8 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     driver that started later): that one is kept, and the call says so.
     """
     out = report_folder(out_root, config)
-    cells = load_cells(tracker, config.budget)
+    current = current_grid(config)
+    cells = split_earlier_identities(load_cells(tracker, config.budget), current)
     kept = _cells_in(out)
     if len(cells) < kept or (cells.empty and (out / "report.md").exists()):
         print(
@@ -594,6 +596,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         f"Executors: {', '.join(sorted(cells['executor'].dropna().unique()))}. Devices: {', '.join(devices) or '—'}. "
         f"git: {', '.join(sorted(cells['git_sha'].dropna().unique()))}.",
     ]
+    lines += outside_grid(cells, current) + repeated_seeds(cells)
     lines.append(f"Report written on: {machine()}.")
     if wall_seconds is not None:
         lines.append(f"Wall time of the invocation that wrote this report: {wall_seconds / 60:.1f} min.")
