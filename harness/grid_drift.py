@@ -102,6 +102,6 @@ def outside_grid(cells: pd.DataFrame, current: list[Cell]) -> list[str]:
         else ""
     )
     return [
-        f"{len(outside)} of these cells lie outside the sweep file's current grid, so `--dry-run` does not count them; "
+        f"{len(outside)} of these cells lie outside the grid the sweep composes now (its file and this command's overrides), so `--dry-run` does not count them; "
         f"they are kept, as every result is, and enter the tables like any other cell: {each}.{split}"
     ]

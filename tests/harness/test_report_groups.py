@@ -63,12 +63,12 @@ def test_cells_outside_the_current_grid_are_named_and_an_earlier_identity_is_nev
     assert sorted(table["cell_identity"]) == ["current", "earlier"]
     assert set(table["accuracy"].str.extract(r"\(n=(\d+)\)")[0]) == {"2"}  # two seeds each, never four
     text = (report / "report.md").read_text()
-    assert "2 of these cells lie outside the sweep file's current grid" in text
+    assert "2 of these cells lie outside the grid the sweep composes now" in text
     assert "recorded under an older cell identity" in text and "`cell_identity` earlier" in text
 
     narrowed = load_sweep("drift", ["seed=[0]"])  # the axis loses seed 1
     tracker = Tracker("drift", tmp_path / "results", None)
     tracker.open()
     text = write_report(narrowed, tracker, tmp_path / "results").path.read_text()
-    assert "3 of these cells lie outside the sweep file's current grid" in text
+    assert "3 of these cells lie outside the grid the sweep composes now" in text
     assert "seed=1 (2)" in text  # both identities' seed 1, named by the value the grid dropped
