@@ -22,7 +22,9 @@ def test_cells_differing_in_lr_schedule_get_rows_of_their_own(tmp_path):
     ]
     assert set(table["accuracy"].str.extract(r"\(n=(\d+)\)")[0]) == {"1"}  # one seed each, not two pooled
     text = (report / "report.md").read_text()
-    assert "several configurations per method (varying lr_schedule)" in text
+    for schedule in ("constant", "cosine"):  # each SAB schedule against BPTT at the same schedule
+        assert f"- T=5, SAB at lr_schedule={schedule}: accuracy SAB " in text
+    assert "- T=5: 2 SAB configurations compared; each interval holds for its own comparison" in text
     figures = headline(pd.read_csv(report / "cells.csv"), "accuracy")  # the runs page's summary metrics
     assert {"accuracy.sab.T5.lr_schedule_constant", "accuracy.sab.T5.lr_schedule_cosine"} <= set(figures)
     assert "accuracy.sab.T5" not in figures

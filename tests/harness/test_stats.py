@@ -194,3 +194,29 @@ def test_time_to_accuracy_says_why_it_is_empty_for_a_metric_other_than_accuracy(
 
     assert "No validation curves" in _no_time_to_accuracy("accuracy")
     assert "measured in bpc" in _no_time_to_accuracy("bpc") and "No validation curves" not in _no_time_to_accuracy("bpc")
+
+
+def test_each_sab_configuration_is_contrasted_with_the_reference_configuration_it_matches():
+    """SAB at two k_trunc x two k_top, TBPTT at each k_trunc, BPTT once: every SAB setting gets its own
+    line against the TBPTT of its k_trunc and the one BPTT (which ignores both knobs)."""
+    rows = []
+    for seed in range(3):
+        for k_trunc in (2, 5):
+            rows.append({"method": "tbptt", "k_trunc": k_trunc, "accuracy": 0.1 * k_trunc + 0.01 * seed})
+            for k_top in (2, 3):
+                rows.append({"method": "sab", "k_trunc": k_trunc, "k_top": k_top, "accuracy": 0.5 + 0.1 * k_top + 0.01 * seed})
+        rows.append({"method": "bptt", "accuracy": 0.6 + 0.01 * seed})
+    cells = pd.DataFrame(rows).assign(seq_len=20, lr=0.01, status="ok", peak_bytes=1.0)
+    cells["seed"] = [i // 7 for i in range(len(cells))]
+    lines = contrast(cells, "accuracy")
+    assert len(lines) == 5 and lines[-1].startswith("T=20: 4 SAB configurations compared; each interval holds for its own")
+    by_setting = {line.split(":")[0]: line for line in lines[:4]}
+    assert set(by_setting) == {f"T=20, SAB at k_trunc={t}, k_top={k}" for t in (2, 5) for k in (2, 3)}
+    line = by_setting["T=20, SAB at k_trunc=5, k_top=3"]
+    assert "SAB 0.810 [" in line and "TBPTT 0.510 [" in line and "BPTT 0.610 [" in line  # TBPTT of its own k_trunc
+    assert "SAB - BPTT = +0.200" in line and "SAB - TBPTT = +0.300" in line
+    assert "TBPTT 0.210 [" in by_setting["T=20, SAB at k_trunc=2, k_top=3"]
+    mixed = pd.concat([cells, cells.assign(lr=0.003)])  # cells not narrowed to one lr: nothing pooled across lrs
+    assert contrast(mixed, "accuracy") == [
+        "T=20: several configurations per method (varying k_trunc, k_top, lr); compare them in the table below"
+    ]
