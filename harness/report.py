@@ -414,7 +414,7 @@ def headline(cells: pd.DataFrame, metric: str) -> dict[str, float]:
 
 def _configuration_suffix(row: dict) -> str:
     """'.k_top_5.lr_schedule_cosine': a group's varying fields beyond method and T, for a metric name."""
-    shown = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in row.items() if not pd.isna(v)}
+    shown = {k: _plain(v) for k, v in row.items() if not pd.isna(v)}
     return "".join(f".{k}_{v}" for k, v in shown.items() if k not in ("method", "seq_len"))
 
 
