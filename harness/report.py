@@ -104,10 +104,15 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+SPLITTING = (*GROUP_CANDIDATES, *OTHER_CANDIDATES, IDENTITY_COLUMN)
+"""Every column that splits a group when it varies: the tables and the contrast use the same list,
+so cells of an earlier identity are never pooled in either."""
+
+
 def _group_keys(cells: pd.DataFrame) -> list[str]:
     """method, seq_len, and every other parameter that varies across the cells (not seed or lr)."""
     keys = ["method"]
-    for column in (*GROUP_CANDIDATES, *OTHER_CANDIDATES, IDENTITY_COLUMN):
+    for column in SPLITTING:
         if column in cells and (column == "seq_len" or cells[column].nunique(dropna=True) > 1):
             keys.append(column)
     return keys
@@ -306,11 +311,7 @@ def contrast(cells: pd.DataFrame, metric: str = "accuracy") -> list[str]:
         references = [name for name in REFERENCES if name in by]
         if SUBJECT not in by or not references:
             continue
-        varying = [
-            c
-            for c in (*GROUP_CANDIDATES, *OTHER_CANDIDATES, "lr")
-            if c in group and any(by[m][c].nunique(dropna=True) > 1 for m in (SUBJECT, *references))
-        ]
+        varying = [c for c in (*SPLITTING, "lr") if c in group and any(by[m][c].nunique(dropna=True) > 1 for m in (SUBJECT, *references))]
         if not varying:
             lines += _contrast_lines(f"T={int(seq_len)}", by, references, metric, higher_is_better)
             continue

@@ -220,3 +220,16 @@ def test_each_sab_configuration_is_contrasted_with_the_reference_configuration_i
     assert contrast(mixed, "accuracy") == [
         "T=20: several configurations per method (varying k_trunc, k_top, lr); compare them in the table below"
     ]
+
+
+def test_the_contrast_never_pools_cells_of_an_earlier_identity_with_current_ones():
+    rows = [
+        {"method": method, "seed": seed, "cell_identity": identity, "accuracy": base + (0.5 if identity == "current" else 0) + 0.01 * seed}
+        for identity in ("current", "earlier")
+        for method, base in (("sab", 0.3), ("bptt", 0.1))
+        for seed in range(3)
+    ]
+    cells = pd.DataFrame(rows).assign(seq_len=20, lr=0.01, status="ok", peak_bytes=1.0)
+    lines = contrast(cells, "accuracy")
+    assert [line.split(":")[0] for line in lines[:2]] == ["T=20, SAB at cell_identity=current", "T=20, SAB at cell_identity=earlier"]
+    assert "SAB 0.810 [" in lines[0] and "(n=3)" in lines[0] and "BPTT 0.610 [" in lines[0]
