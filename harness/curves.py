@@ -20,9 +20,14 @@ FRACTIONS = (4, 3, 2, 1.5, 1)
 
 
 def validation_curve(tracker: Tracker, run_id: str) -> list[tuple[int, float]]:
-    """(step, validation accuracy) in step order, one value per step. Where a final figure shares
-    the last evaluation's step, the curve's point (logged first) is kept."""
-    history = [m for name in CURVE_NAMES for m in tracker.client.get_metric_history(run_id, name)]
+    """(step, validation accuracy) in step order, one value per step."""
+    return stepped_metric(tracker, run_id, CURVE_NAMES)
+
+
+def stepped_metric(tracker: Tracker, run_id: str, names: tuple[str, ...]) -> list[tuple[int, float]]:
+    """(step, value) of a metric logged under any of `names`, in step order, one value per step.
+    Where a final figure shares the last evaluation's step, the curve's point (logged first) is kept."""
+    history = [m for name in names for m in tracker.client.get_metric_history(run_id, name)]
     first: dict[int, tuple[int, float]] = {}
     for m in history:
         if m.step not in first or m.timestamp < first[m.step][0]:

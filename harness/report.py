@@ -29,6 +29,7 @@ from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepEr
 from harness.curves import first_step_at, progress_table, validation_curves
 from harness.figures import metric_plots
 from harness.grid_drift import IDENTITY_COLUMN, current_grid, outside_grid, repeated_seeds, split_earlier_identities
+from harness.late_blowups import count_late_blowups, late_blowup_lines
 from harness.machine import machine
 from harness.stats import INTERVAL_NAME, difference, estimate
 from harness.tracking import Tracker
@@ -609,7 +610,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     """
     out = report_folder(out_root, config)
     current = current_grid(config)
-    cells = split_earlier_identities(load_cells(tracker, config.budget), current)
+    cells = count_late_blowups(tracker, split_earlier_identities(load_cells(tracker, config.budget), current))
     kept = _cells_in(out)
     if len(cells) < kept or (cells.empty and (out / "report.md").exists()):
         print(
@@ -644,7 +645,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         f"Executors: {', '.join(sorted(cells['executor'].dropna().unique()))}. Devices: {', '.join(devices) or '—'}. "
         f"git: {', '.join(sorted(cells['git_sha'].dropna().unique()))}.",
     ]
-    lines += outside_grid(cells, current) + repeated_seeds(cells)
+    lines += outside_grid(cells, current) + repeated_seeds(cells) + late_blowup_lines(cells)
     lines.append(f"Report written on: {machine()}.")
     if wall_seconds is not None:
         lines.append(f"Wall time of the invocation that wrote this report: {wall_seconds / 60:.1f} min.")

@@ -25,6 +25,7 @@ import torch
 
 from sab.checkpoint import Checkpointer, restore, training_state
 from sab.credit import training_step
+from sab.divergence import describe_blowup, training_diverged, validation_blowup
 from sab.graphs import CUDA_GRAPHS_CHOICES, GraphedStep, graphs_wanted
 from sab.measure import MemoryMeter, StepTimer, cuda_peak, full_float32, rss_peak_bytes, rss_peak_reset
 from sab.methods import METHOD_NAMES, METHODS, Knobs, ModelShape
@@ -41,11 +42,10 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
 """`cosine`: lr x (1 + cos(pi (step - 1) / steps)) / 2, from the full lr at step 1 towards 0 at the
 budget's end; it depends on `steps`, so such a run is not continued to a longer budget."""
-DIVERGENCE_FACTOR, DIVERGENCE_FLOOR = 100.0, 0.1
-"""A trial has diverged when its loss is not finite or exceeds DIVERGENCE_FACTOR x its first loss
-(at least DIVERGENCE_FLOOR, so a tiny starting loss does not make noise look like divergence)."""
-FAULTS = ("", "nan", "oom", "sleep", "raise", "exit", "transfer_oom")
-"""Faults a trial can inject into itself, so tests drive the harness's failure paths for real."""
+FAULTS = ("", "nan", "oom", "sleep", "raise", "exit", "transfer_oom", "blowup")
+"""Faults a trial can inject into itself, so tests drive the harness's failure paths for real
+(`blowup`: the readout's weights x 1000 before every evaluation after the first, a late blow-up that
+only the validation rule of sab.divergence sees)."""
 DTYPES = ("float32", "float64")
 SCORER_INIT_CHOICES = ("auto", *SCORER_INITS)
 """`auto` resolves per task (`resolved_scorer_init`); the others are the model's own initialisations."""
@@ -133,7 +133,9 @@ class TrialSpec:
     continue_from: str | None = _field(
         None, "start from this final state of the same experiment at fewer steps, if the file exists (else from step 0)", role="execution"
     )
-    inject_fault: str = _field("", "test hook: fail on purpose (nan, oom, sleep, raise, exit, transfer_oom)", choices=FAULTS, hidden=True)
+    inject_fault: str = _field(
+        "", "test hook: fail on purpose (nan, oom, sleep, raise, exit, transfer_oom, blowup)", choices=FAULTS, hidden=True
+    )
 
     def validate(self) -> TrialSpec:
         """Raise one clear ValueError naming the first bad value and what is allowed."""
@@ -416,16 +418,22 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     first_loss = first_loss if math.isfinite(first_loss) else math.inf
                 if evaluating or step == first_step:  # the loss is read back here only, not every step
                     highest = float(worst)
-                    if not math.isfinite(highest) or highest > DIVERGENCE_FACTOR * max(first_loss, DIVERGENCE_FLOOR):
+                    if training_diverged(highest, first_loss):
                         result.status = "diverged"
                         result.error = f"training loss reached {highest:.4g} by step {step} (it started at {first_loss:.4g})"
                         break
                 if evaluating:
                     timer.settle()
+                    if spec.inject_fault == "blowup" and result.curve:
+                        _blow_up(model)
                     point = {"step": step, "train_loss": float(out.loss), "elapsed_s": time.monotonic() - started}
                     point.update({f"val_{k}": v for k, v in evaluate(model, task, val_set, device, dtype).items()})
                     result.curve.append(point)
                     report(point)
+                    blowup = validation_blowup((p["step"], p["val_loss"]) for p in result.curve if "val_loss" in p)
+                    if blowup is not None:
+                        result.status, result.error = "diverged", describe_blowup(blowup)
+                        break
                     if spec.select_on_validation:
                         best = _better(best, point, model)
                     if _solved(result.curve, spec.solved_patience):
@@ -593,6 +601,13 @@ def _inject(spec: TrialSpec, batch):
     elif spec.inject_fault == "exit":
         os._exit(3)
     return batch
+
+
+def _blow_up(model) -> None:
+    """The `blowup` fault: the readout's weights x 1000, so every output grows past any task's loss
+    scale while training has not yet seen it."""
+    with torch.no_grad():
+        model.readout.weight.mul_(1000.0)
 
 
 def _final_metrics(spec, task, model, result, val_set, test_set, device, dtype) -> None:

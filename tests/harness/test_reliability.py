@@ -50,7 +50,7 @@ def _runs(folder: Path, sweep: str) -> pd.DataFrame:
 FAULTS = f"""
 fixed: {{{TINY}, steps: 6, eval_interval: 3, time_limit_s: 4}}
 grid:
-  inject_fault: ["", nan, oom, sleep, raise]
+  inject_fault: ["", nan, oom, sleep, raise, blowup]
 budgets: {{quick: {{}}}}
 resources: {{mem_gb: 1.5}}
 """
@@ -64,7 +64,9 @@ def test_faults_become_statuses_and_never_stop_the_sweep(tmp_path):
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     runs = _runs(work, "faults")
     status = dict(zip(runs["params.inject_fault"].fillna(""), runs["tags.status"]))
-    assert status == {"": "ok", "nan": "diverged", "oom": "oom", "sleep": "timeout", "raise": "error"}, status
+    assert status == {"": "ok", "nan": "diverged", "oom": "oom", "sleep": "timeout", "raise": "error", "blowup": "diverged"}, status
+    late = runs[runs["params.inject_fault"] == "blowup"].iloc[0]
+    assert late["tags.error"].startswith("validation loss reached") and late["metrics.steps_done"] == 6  # caught at its 2nd evaluation
     failed = runs[runs["tags.status"].isin(["timeout", "error"])]
     assert set(failed["status"]) == {"FAILED"}
     assert (runs[runs["tags.status"] == "error"]["tags.traceback"].str.contains("injected fault")).all()
@@ -73,7 +75,7 @@ def test_faults_become_statuses_and_never_stop_the_sweep(tmp_path):
     for word in ("diverged", "oom", "timeout", "error"):
         assert word in report
     cells = pd.read_csv(work / "results" / "faults" / "quick" / "cells.csv")
-    assert sorted(cells["status"]) == ["diverged", "error", "ok", "oom", "timeout"]
+    assert sorted(cells["status"]) == ["diverged", "diverged", "error", "ok", "oom", "timeout"]
 
 
 def test_time_cap_stops_cleanly_with_partial_metrics():
