@@ -69,3 +69,20 @@ def test_a_historical_figure_is_in_the_report_it_names(figure):
         pytest.skip(f"this clone lacks {commit} (a shallow clone?): {shown.stderr.strip()[:200]}")
     assert figure in shown.stdout
     assert figure in (ROOT / "README.md").read_text()
+
+
+def test_each_row_of_the_at_a_glance_table_is_in_the_report_it_names():
+    """The README's summary table: its SAB and BPTT means, difference and ratios come from the report
+    named on the row (or, for a difference the report does not print, from its sweep file's notes)."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| task | T | report")[1].split("\n\n")[0]
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert len(rows) >= 10
+    for row in rows:
+        report, sab, bptt, contrast, memory, step = row[2].split(" ")[0], row[4], row[5], row[6], row[8], row[9].rstrip(" |")
+        text = (ROOT / "results" / report.strip("`") / "report.md").read_text()
+        notes = (ROOT / "sweeps" / f"{report.split('/')[0]}.yaml").read_text()
+        for figure in (sab, memory, step):
+            assert figure in text, (report, figure)
+        assert bptt in text or bptt in notes, (report, bptt)
+        assert contrast in text or contrast in notes, (report, contrast)
