@@ -27,11 +27,13 @@ import pandas as pd
 from harness import logs
 from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
 from harness.curves import first_step_at, progress_table, validation_curves
+from harness.equal_time import equal_time
 from harness.figures import metric_plots
 from harness.grid_drift import IDENTITY_COLUMN, current_grid, outside_grid, repeated_seeds, split_earlier_identities
 from harness.late_blowups import count_late_blowups, late_blowup_lines
 from harness.machine import machine
 from harness.stats import INTERVAL_NAME, difference, estimate
+from harness.timing import clean_seconds, duration, timing_frame
 from harness.tracking import Tracker
 from sab.methods import METHODS, REFERENCES, SUBJECT
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES, spec_fields
@@ -434,7 +436,7 @@ def wall_clock_table(timing: pd.DataFrame) -> pd.DataFrame:
     the ratio to BPTT's median at the same T."""
     if timing.empty:
         return pd.DataFrame()
-    frame = _timing_frame(timing)
+    frame = timing_frame(timing)
     varying = [k for k in ("hidden_size", "batch_size", "k_trunc", "k_top", "k_att") if frame[k].nunique(dropna=True) > 1]
     rows = []
     for _, r in frame.sort_values(["seq_len", "method"]).iterrows():
@@ -454,40 +456,23 @@ def wall_clock_table(timing: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _timing_frame(timing: pd.DataFrame) -> pd.DataFrame:
-    frame = pd.DataFrame({"method": timing["params.method"]})
-    for key in ("seq_len", "hidden_size", "batch_size", "k_trunc", "k_top", "k_att"):
-        frame[key] = pd.to_numeric(timing.get(f"params.{key}"), errors="coerce")
-    for key in ("step_seconds", "step_seconds_min", "step_seconds_max", "tokens_per_second", "minor_faults_per_step"):
-        frame[key] = timing.get(f"metrics.{key}")
-    return frame.reset_index(drop=True)
-
-
 def time_to_accuracy(cells: pd.DataFrame, curves: dict[str, list[tuple[int, float]]], timing: pd.DataFrame) -> pd.DataFrame:
     """Per method and T: how many seeds' validation accuracy reached TARGET_ACCURACY, the steps it
     took (mean [95% interval] over those seeds) and that many steps at the clean s/step."""
     ok = cells[cells["status"] == "ok"]
     if ok.empty or "val_accuracy" not in ok:
         return pd.DataFrame()
-    frame = _timing_frame(timing) if not timing.empty else pd.DataFrame(columns=["method", "seq_len", "step_seconds"])
+    frame = timing_frame(timing)
     rows, keys = [], _group_keys(ok)
     for values, group in ok.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, values))
         steps = [first_step_at(curves[run_id], TARGET_ACCURACY) for run_id in group["run_id"]]
         reached = [s for s in steps if s is not None]
-        timed = frame
-        for key, value in row.items():  # the timing of this configuration, as far as the timing rows name it
-            if key in frame and not pd.isna(value):
-                timed = (
-                    timed[timed[key].astype(str) == str(value)]
-                    if key == "method"
-                    else timed[pd.to_numeric(timed[key], errors="coerce") == value]
-                )
-        clean = timed["step_seconds"].median()
+        clean = clean_seconds(frame, row)
         row.update(seq_len=int(row["seq_len"]), reached=f"{len(reached)} of {len(steps)} seeds")
         found = estimate(reached)
         row["steps to reach"] = found.text(0) if found else "not reached"
-        row["wall-clock at clean s/step"] = _duration(found.mean * clean) if found and clean == clean else ("—" if found else "not reached")
+        row["wall-clock at clean s/step"] = duration(found.mean * clean) if found and clean == clean else ("—" if found else "not reached")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -497,10 +482,6 @@ def _no_time_to_accuracy(metric: str) -> str:
     if metric == "accuracy":
         return "_No validation curves recorded._"
     return f"_Not computed: the target is a validation accuracy, and this sweep is measured in {metric}._"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def lr_provenance(cells: pd.DataFrame, config: SweepConfig) -> list[str]:
@@ -690,6 +671,19 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
             "a column is what a budget of that many steps would have selected (select_on_validation) on this machine. "
             "A method still rising in the last column was stopped by the step budget, not converged.",
             "", _markdown(progress),
+        ]  # fmt: skip
+    same_time, same_time_lines = (
+        equal_time(picked, curves, timing_frame(timing_runs), _group_keys(picked)) if curves else (pd.DataFrame(), [])
+    )
+    if not same_time.empty:
+        lines += [
+            "", "## At equal wall-clock", "",
+            "Each method's best validation accuracy within the same CPU time: the shortest whole step budget of any "
+            "method at that T (its steps x its clean s/step above), each method getting as many steps as its own s/step "
+            "allows, read from its validation curve at its last evaluation inside that time; mean [" + INTERVAL_NAME + "] (n). "
+            "The other tables compare equal steps. The cheapest method's whole budget bounds this: what it would reach in "
+            "a slower method's full time was not run.",
+            "", *[f"- {line}" for line in same_time_lines], "" if same_time_lines else "", _markdown(same_time),
         ]  # fmt: skip
     lines += [
         "", "## Learning rates", "", *lr_provenance(cells, config),

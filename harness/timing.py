@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pandas as pd
+
 from benchmarks.cost import CostConfig, measure
 from harness.cells import Cell
 from sab.methods import KNOBS, METHODS
@@ -60,3 +62,36 @@ def timing_key(row: dict) -> str:
     """What identifies a timing row in the store: its method, task, T and sizes."""
     fields = ("method", "task", "seq_len", "hidden_size", "batch_size", *KNOBS)
     return "__".join(f"{name}={row.get(name)}" for name in fields)
+
+
+def timing_frame(timing: pd.DataFrame) -> pd.DataFrame:
+    """The store's timing runs (Tracker.timing_runs) as one row per timed configuration."""
+    if timing.empty:
+        return pd.DataFrame(columns=["method", "seq_len", "step_seconds"])
+    frame = pd.DataFrame({"method": timing["params.method"]})
+    for key in ("seq_len", "hidden_size", "batch_size", "k_trunc", "k_top", "k_att"):
+        frame[key] = pd.to_numeric(timing.get(f"params.{key}"), errors="coerce")
+    for key in ("step_seconds", "step_seconds_min", "step_seconds_max", "tokens_per_second", "minor_faults_per_step"):
+        frame[key] = timing.get(f"metrics.{key}")
+    return frame.reset_index(drop=True)
+
+
+def clean_seconds(frame: pd.DataFrame, configuration: dict) -> float:
+    """The clean s/step of one configuration (a report group's keys and values), as far as the timing
+    rows name its keys; NaN when none was timed."""
+    timed = frame
+    for key, value in configuration.items():
+        if key in frame and not pd.isna(value):
+            timed = (
+                timed[timed[key].astype(str) == str(value)]
+                if key == "method"
+                else timed[pd.to_numeric(timed[key], errors="coerce") == value]
+            )
+    return float(timed["step_seconds"].median()) if not timed.empty else float("nan")
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a reader takes them: '0.05 s', '46 s', or '2.4 min' from two minutes on."""
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

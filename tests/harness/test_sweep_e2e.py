@@ -83,6 +83,9 @@ def test_report_main_table_matches_the_runs(smoke):
     assert header.rstrip(" |").endswith("page faults/step")  # the allocator's share of each time, counted
     rows = [line for line in wall_clock.splitlines() if line.startswith("| bptt") or line.startswith("| sab")]
     assert rows and all(re.fullmatch(r"[\d,]+", line.rstrip(" |").rsplit("|", 1)[1].strip()) for line in rows), rows
+    same_time = text.split("## At equal wall-clock")[1].split("\n## ")[0]  # every method within BPTT's or the shortest budget's time
+    assert "| 20 of 20 |" in same_time and "| bptt | 5 |" in same_time, same_time  # the cheapest method (BPTT): its whole budget
+    assert re.search(r"\| sab \| 5 \| [\d.]+ \| [\d.]+ s \| [1-9] of 20 \| — \|", same_time), same_time  # no evaluation by then
     # the same files are artifacts of the parent run
     parent = runs["tags.mlflow.parentRunId"].iloc[0]
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(parent)}
