@@ -1,10 +1,10 @@
 """Accuracy at equal wall-clock: what each method reached within the same CPU time.
 
 A report's tables compare methods at equal steps, but a SAB step costs several BPTT steps. Here the
-time is fixed instead: the shortest whole budget of any method at a length (its steps x its clean
-s/step), and each method's best validation accuracy within that time (steps = time / its own s/step,
-read from its validation curve). The evaluation interval sets the resolution: a method is credited
-with its last evaluation inside the time.
+time is fixed instead: BPTT's whole budget at a length (its steps x its clean s/step; without BPTT,
+the shortest whole budget), and each method's best validation accuracy within that time (steps =
+time / its own s/step, read from its validation curve). The evaluation interval sets the resolution:
+a method is credited with its last evaluation inside the time, and one that had none shows '—'.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from harness.stats import difference, estimate
 from harness.timing import clean_seconds, duration
 
 REFERENCE = "bptt"
-"""The method SAB is set against at equal time."""
+"""The method whose whole budget sets the time, and that SAB is set against."""
 
 
 def _budgets(ok: pd.DataFrame, keys: list[str], frame: pd.DataFrame) -> list[dict]:
-    """One entry per configuration: its keys, clean s/step and step budget (the largest of its cells)."""
+    """One entry per configuration: its keys, clean s/step, step budget (the largest of its cells) and runs."""
     found = []
     for values, group in ok.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
@@ -44,28 +44,45 @@ def equal_time(
     rows, lines = [], []
     for length, at_length in ok.groupby("seq_len", sort=True):
         budgets = _budgets(at_length, keys, frame)
+        references = [b for b in budgets if b["row"].get("method") == REFERENCE]
         if len(budgets) < 2:
             continue
-        seconds = min(b["steps"] * b["seconds"] for b in budgets)
-        reached = {}
+        whole = [b["steps"] * b["seconds"] for b in (references if len(references) == 1 else budgets)]
+        seconds = min(whole)
         for b in budgets:
-            steps = min(b["steps"], int(seconds / b["seconds"] + 1e-6))  # the budget-setting method gets its whole budget
-            values = [best_by(curves[run_id], steps) for run_id in b["runs"]]
-            reached[id(b)] = [v for v in values if v is not None]
-            found = estimate(reached[id(b)])
+            b["done"] = min(b["steps"], int(seconds / b["seconds"] + 1e-6))  # the budget-setting method: all of it
+            b["reached"] = [v for v in (best_by(curves[run_id], b["done"]) for run_id in b["runs"]) if v is not None]
+            found = estimate(b["reached"])
+            ended = " (its whole budget)" if b["done"] == b["steps"] and b["steps"] * b["seconds"] < seconds * (1 - 1e-9) else ""
             rows.append({
                 **b["row"], "seq_len": int(length), "clean s/step": f"{b['seconds']:.4f}", "time": duration(seconds),
-                "steps in that time": f"{steps} of {b['steps']}", "best validation accuracy by then": found.text(3) if found else "—",
+                "steps in that time": f"{b['done']} of {b['steps']}{ended}", "best validation accuracy by then": found.text(3) if found else "—",
             })  # fmt: skip
-        references = [b for b in budgets if b["row"].get("method") == REFERENCE]
-        for b in budgets:
-            if b["row"].get("method") != "sab" or len(references) != 1:
-                continue
-            gap = difference("sab", reached[id(b)], REFERENCE, reached[id(references[0])])
-            if gap is not None:
-                setting = ", ".join(f"{k}={_plain(v)}" for k, v in b["row"].items() if k not in ("method", "seq_len") and not pd.isna(v))
-                lines.append(f"T={int(length)}{', SAB at ' + setting if setting else ''}, within {duration(seconds)}: {gap.text()}")
+        if len(references) == 1:
+            lines += _contrasts(int(length), [b for b in budgets if b["row"].get("method") == "sab"], references[0], seconds)
     return pd.DataFrame(rows), lines
+
+
+def _contrasts(length: int, sab: list[dict], reference: dict, seconds: float) -> list[str]:
+    """SAB - BPTT within the time, one line per SAB configuration (named where there are several)."""
+    varying = [k for k in (sab[0]["row"] if sab else {}) if k not in ("method", "seq_len") and len({str(b["row"][k]) for b in sab}) > 1]
+    lines = []
+    for b in sab:
+        label = ", SAB at " + ", ".join(f"{k}={_plain(b['row'][k])}" for k in varying) if varying else ""
+        gap = difference("sab", b["reached"], REFERENCE, reference["reached"])
+        if gap is not None:
+            lines.append(f"T={length}{label}, within {duration(seconds)} ({REFERENCE.upper()}'s whole budget): {gap.text()}")
+        elif not b["reached"]:
+            lines.append(
+                f"T={length}{label}: within {duration(seconds)} ({REFERENCE.upper()}'s whole budget) SAB ran {b['done']} steps, "
+                f"before its first evaluation; {REFERENCE.upper()} reached {_text(reference['reached'])}"
+            )
+    return lines
+
+
+def _text(values: list[float]) -> str:
+    found = estimate(values)
+    return found.text(3) if found else "no evaluation either"
 
 
 def _plain(value) -> object:

@@ -678,11 +678,11 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     if not same_time.empty:
         lines += [
             "", "## At equal wall-clock", "",
-            "Each method's best validation accuracy within the same CPU time: the shortest whole step budget of any "
-            "method at that T (its steps x its clean s/step above), each method getting as many steps as its own s/step "
-            "allows, read from its validation curve at its last evaluation inside that time; mean [" + INTERVAL_NAME + "] (n). "
-            "The other tables compare equal steps. The cheapest method's whole budget bounds this: what it would reach in "
-            "a slower method's full time was not run.",
+            "Each method's best validation accuracy within the same CPU time: BPTT's whole step budget at that T (its "
+            "steps x its clean s/step above), each method getting as many steps as its own s/step allows, read from its "
+            "validation curve at its last evaluation inside that time; mean [" + INTERVAL_NAME + "] (n); '—': no evaluation "
+            "inside that time. The other tables compare equal steps. BPTT's budget bounds this: what BPTT would reach in "
+            "SAB's full time was not run.",
             "", *[f"- {line}" for line in same_time_lines], "" if same_time_lines else "", _markdown(same_time),
         ]  # fmt: skip
     lines += [
