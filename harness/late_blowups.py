@@ -17,11 +17,15 @@ RELABELLED = "recorded ok before this rule; the report counts it as diverged"
 
 def count_late_blowups(tracker: Tracker, cells: pd.DataFrame) -> pd.DataFrame:
     """The cells with every ok cell whose stored validation-loss curve breaks the rule marked
-    `diverged`, its error saying why."""
+    `diverged`, its error saying why; not a cell that selected its model on validation, which a rerun
+    would also record ok (its best model stands, sab/train.py)."""
     if cells.empty or "run_id" not in cells:
         return cells
     cells = cells.assign(error=cells.get("error", pd.Series(index=cells.index, dtype=object)).astype(object))
-    for index in cells.index[cells["status"] == "ok"]:
+    selected = (
+        cells["select_on_validation"].astype(str) == "True" if "select_on_validation" in cells else pd.Series(False, index=cells.index)
+    )
+    for index in cells.index[(cells["status"] == "ok") & ~selected]:  # with selection, its best model stands (sab/train.py)
         found = validation_blowup(stepped_metric(tracker, cells.at[index, "run_id"], ("val_loss",)))
         if found is not None:
             cells.at[index, "status"] = "diverged"

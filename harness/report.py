@@ -274,10 +274,12 @@ def stopping_table(cells: pd.DataFrame) -> pd.DataFrame:
     for values, group in ok.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
         done = pd.to_numeric(group["steps_done"], errors="coerce")
-        solved = (
-            (group["stop_reason"] == "solved") if "stop_reason" in group and group["stop_reason"].notna().any() else done < group["steps"]
+        reasons = group["stop_reason"] if "stop_reason" in group and group["stop_reason"].notna().any() else None
+        solved = (reasons == "solved") if reasons is not None else done < group["steps"]
+        diverged = (reasons == "diverged") if reasons is not None else solved & False
+        row["stopped"] = f"{int(solved.sum())} solved, {int((~solved & ~diverged).sum())} at the step budget (of {len(group)})" + (
+            f", {int(diverged.sum())} stopped when training diverged (its best validation model kept)" if diverged.any() else ""
         )
-        row["stopped"] = f"{int(solved.sum())} solved, {int((~solved).sum())} at the step budget (of {len(group)})"
         row["steps done"] = f"{done.mean():.0f} [{done.min():.0f}, {done.max():.0f}]"
         selected = pd.to_numeric(group.get("selected_step", pd.Series(dtype=float)), errors="coerce").dropna()
         selected = selected[selected > 0]

@@ -218,7 +218,7 @@ class TrialResult:
     metrics: dict[str, float] = field(default_factory=dict)
     curve: list[dict[str, float]] = field(default_factory=list)
     steps_done: int = 0
-    stop_reason: str = ""  # steps (the budget ran out), solved (validation accuracy 1.0, see solved_patience), or the failure
+    stop_reason: str = ""  # steps (the budget ran out), solved (validation accuracy 1.0, see solved_patience), diverged (an ok trial's best model kept), or the failure
     train_seconds: float = 0.0
     seconds_per_step: float = float("nan")
     tokens_per_second: float = float("nan")
@@ -419,8 +419,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                 if evaluating or step == first_step:  # the loss is read back here only, not every step
                     highest = float(worst)
                     if training_diverged(highest, first_loss):
-                        result.status = "diverged"
-                        result.error = f"training loss reached {highest:.4g} by step {step} (it started at {first_loss:.4g})"
+                        _diverged(result, best, f"training loss reached {highest:.4g} by step {step} (it started at {first_loss:.4g})")
                         break
                 if evaluating:
                     timer.settle()
@@ -432,7 +431,7 @@ def _run(spec: TrialSpec, result: TrialResult, report: Callable[[dict], None]) -
                     report(point)
                     blowup = validation_blowup((p["step"], p["val_loss"]) for p in result.curve if "val_loss" in p)
                     if blowup is not None:
-                        result.status, result.error = "diverged", describe_blowup(blowup)
+                        _diverged(result, best, describe_blowup(blowup))
                         break
                     if spec.select_on_validation:
                         best = _better(best, point, model)
@@ -601,6 +600,17 @@ def _inject(spec: TrialSpec, batch):
     elif spec.inject_fault == "exit":
         os._exit(3)
     return batch
+
+
+def _diverged(result: TrialResult, best, why: str) -> None:
+    """Training diverged. With a best validation model kept (select_on_validation) that model stands,
+    as early stopping's does: the trial is ok, stopped for `diverged`, its figures from that model.
+    Without one the trial is `diverged`."""
+    result.error = why
+    if best is None:
+        result.status = "diverged"
+    else:
+        result.stop_reason = "diverged"
 
 
 def _blow_up(model) -> None:

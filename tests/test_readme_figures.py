@@ -79,10 +79,14 @@ def test_each_row_of_the_at_a_glance_table_is_in_the_report_it_names():
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
     assert len(rows) >= 10
     for row in rows:
-        report, sab, bptt, contrast, memory, step = row[2].split(" ")[0], row[4], row[5], row[6], row[8], row[9].rstrip(" |")
+        report, sab, bptt, contrast, memory, step, same_time = row[2].split(" ")[0], *row[4:7], row[8], row[9], row[10].rstrip(" |")
         text = (ROOT / "results" / report.strip("`") / "report.md").read_text()
         notes = (ROOT / "sweeps" / f"{report.split('/')[0]}.yaml").read_text()
         for figure in (sab, memory, step):
             assert figure in text, (report, figure)
         assert bptt in text or bptt in notes, (report, bptt)
         assert contrast in text or contrast in notes, (report, contrast)
+        if INTERVAL.fullmatch(same_time):  # the equal wall-clock section's SAB - BPTT
+            assert same_time in text.split("## At equal wall-clock")[1].split("\n## ")[0], (report, same_time)
+        elif same_time.startswith("no SAB evaluation"):
+            assert "before its first evaluation" in text, report

@@ -281,3 +281,18 @@ def test_k_top_1_with_a_zero_scorer_never_moves_the_scorer_and_the_note_says_so(
     assert "scorer never gets a gradient" in attention_note(TrialSpec(**spec, k_top=1), task.length)
     assert "only through the normaliser" in attention_note(TrialSpec(**spec, k_top=1, scorer_init="uniform"), task.length)
     assert attention_note(TrialSpec(**spec, k_top=2), task.length) == ""
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_a_late_blowup_is_diverged_unless_a_best_validation_model_was_kept(select):
+    """The validation rule (sab.divergence) stops the trial at the evaluation after the fault. With
+    select_on_validation the model of the first evaluation stands, as early stopping's does."""
+    spec = TrialSpec(task="adding", method="bptt", seq_len=5, hidden_size=8, batch_size=4, steps=30, eval_interval=10, eval_batches=1)
+    result = run_trial(TrialSpec(**{**spec.__dict__, "inject_fault": "blowup", "select_on_validation": select}))
+    assert result.error.startswith("validation loss reached") and result.steps_done == 20
+    if select:
+        assert (result.status, result.stop_reason, result.selected_step) == ("ok", "diverged", 10)
+        clean = run_trial(TrialSpec(**{**spec.__dict__, "steps": 10}))  # the same seed's model at step 10
+        assert result.metrics["accuracy"] == clean.metrics["accuracy"] and result.metrics["mse"] == clean.metrics["mse"]
+    else:
+        assert (result.status, result.stop_reason) == ("diverged", "diverged")
