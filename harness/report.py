@@ -683,8 +683,9 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
             "Each method's best validation accuracy within the same CPU time: BPTT's whole step budget at that T (its "
             "steps x its clean s/step above), each method getting as many steps as its own s/step allows, read from its "
             "validation curve at its last evaluation inside that time; mean [" + INTERVAL_NAME + "] (n); '—': no evaluation "
-            "inside that time. The other tables compare equal steps. BPTT's budget bounds this: what BPTT would reach in "
-            "SAB's full time was not run.",
+            "inside that time. The other tables compare equal steps. Where SAB's whole budget took longer than BPTT's, what "
+            "BPTT would reach in that longer time is not measured here (copy_lengths' bptt_time budget measures it on copy); "
+            "a method whose whole budget took less time is marked '(its whole budget)'.",
             "", *[f"- {line}" for line in same_time_lines], "" if same_time_lines else "", _markdown(same_time),
         ]  # fmt: skip
     lines += [
