@@ -54,7 +54,7 @@ def test_k_top_only_multiplies_the_methods_that_use_it():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["budget=huge"], "unknown budget 'huge' for sweep 'copy_lengths'; valid: smoke, quick, schedule, paper"),
+        (["budget=huge"], "unknown budget 'huge' for sweep 'copy_lengths'; valid: smoke, quick, schedule, bptt_time, paper"),
         (["colour=3"], "unknown parameter 'colour'"),
         (["grid.method=[sab,magic]"], "unknown method 'magic'; valid: bptt"),
         (["k_top=0"], "k_top must be an integer >= 1, got 0"),

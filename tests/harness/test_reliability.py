@@ -167,7 +167,7 @@ BAD_INPUTS = [
     (["copy_lengths", "seq_len=[0]"], "seq_len must be an integer >= 1, got 0"),
     (["copy_lengths", "grid.colour=[1,2]"], "grid axis 'colour' is not a parameter; valid: task, method"),
     (["copy_lengths", "colour=3"], "unknown parameter 'colour' in override 'colour=3'; valid: task, method"),
-    (["copy_lengths", "budget=huge"], "unknown budget 'huge' for sweep 'copy_lengths'; valid: smoke, quick, schedule, paper"),
+    (["copy_lengths", "budget=huge"], "unknown budget 'huge' for sweep 'copy_lengths'; valid: smoke, quick, schedule, bptt_time, paper"),
     (["broken"], "broken.yaml:5:10: YAML syntax error"),
     (["copy_lengths", "resources.cpus_per_trial=4096"], "resources.cpus_per_trial=4096 exceeds this machine's"),
     (["copy_lengths", "resources.mem_gb=100000"], "resources.mem_gb=100000 exceeds this machine's"),
