@@ -16,9 +16,10 @@ import pandas as pd
 from harness.curves import best_by
 from harness.stats import difference, estimate
 from harness.timing import clean_seconds, duration
+from sab.methods import REFERENCES, SUBJECT
 
-REFERENCE = "bptt"
-"""The method whose whole budget sets the time, and that SAB is set against."""
+REFERENCE = REFERENCES[0]
+"""The method whose whole budget sets the time, and that SAB is set against (full BPTT)."""
 
 
 def _budgets(ok: pd.DataFrame, keys: list[str], frame: pd.DataFrame) -> list[dict]:
@@ -59,7 +60,7 @@ def equal_time(
                 "steps in that time": f"{b['done']} of {b['steps']}{ended}", "best validation accuracy by then": found.text(3) if found else "—",
             })  # fmt: skip
         if len(references) == 1:
-            lines += _contrasts(int(length), [b for b in budgets if b["row"].get("method") == "sab"], references[0], seconds)
+            lines += _contrasts(int(length), [b for b in budgets if b["row"].get("method") == SUBJECT], references[0], seconds)
     return pd.DataFrame(rows), lines
 
 
@@ -69,7 +70,7 @@ def _contrasts(length: int, sab: list[dict], reference: dict, seconds: float) ->
     lines = []
     for b in sab:
         label = ", SAB at " + ", ".join(f"{k}={_plain(b['row'][k])}" for k in varying) if varying else ""
-        gap = difference("sab", b["reached"], REFERENCE, reference["reached"])
+        gap = difference(SUBJECT, b["reached"], REFERENCE, reference["reached"])
         if gap is not None:
             lines.append(f"T={length}{label}, within {duration(seconds)} ({REFERENCE.upper()}'s whole budget): {gap.text()}")
         elif not b["reached"]:
