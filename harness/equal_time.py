@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 from harness.curves import best_by
-from harness.stats import difference, estimate
+from harness.stats import difference, estimate, plain
 from harness.timing import clean_seconds, duration
 from sab.methods import REFERENCES, SUBJECT
 
@@ -69,7 +69,7 @@ def _contrasts(length: int, sab: list[dict], reference: dict, seconds: float) ->
     varying = [k for k in (sab[0]["row"] if sab else {}) if k not in ("method", "seq_len") and len({str(b["row"][k]) for b in sab}) > 1]
     lines = []
     for b in sab:
-        label = ", SAB at " + ", ".join(f"{k}={_plain(b['row'][k])}" for k in varying) if varying else ""
+        label = ", SAB at " + ", ".join(f"{k}={plain(b['row'][k])}" for k in varying) if varying else ""
         gap = difference(SUBJECT, b["reached"], REFERENCE, reference["reached"])
         if gap is not None:
             lines.append(f"T={length}{label}, within {duration(seconds)} ({REFERENCE.upper()}'s whole budget): {gap.text()}")
@@ -84,8 +84,3 @@ def _contrasts(length: int, sab: list[dict], reference: dict, seconds: float) ->
 def _text(values: list[float]) -> str:
     found = estimate(values)
     return found.text(3) if found else "no evaluation either"
-
-
-def _plain(value) -> object:
-    """A setting as its axis names it (3, not 3.0)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value

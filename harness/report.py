@@ -32,7 +32,7 @@ from harness.figures import metric_plots
 from harness.grid_drift import IDENTITY_COLUMN, current_grid, outside_grid, repeated_seeds, split_earlier_identities
 from harness.late_blowups import count_late_blowups, late_blowup_lines
 from harness.machine import machine
-from harness.stats import INTERVAL_NAME, difference, estimate
+from harness.stats import INTERVAL_NAME, difference, estimate, plain
 from harness.timing import clean_seconds, duration, timing_frame
 from harness.tracking import Tracker
 from sab.methods import METHODS, REFERENCES, SUBJECT
@@ -348,7 +348,7 @@ def _per_configuration(group: pd.DataFrame, keys: list[str], metric: str, higher
             if len(matches) == 1:
                 by[reference] = matches[0]
         if len(by) > 1:
-            shown = ", ".join(f"{k}={_plain(v)}" for k, v in setting.items() if not pd.isna(v))
+            shown = ", ".join(f"{k}={plain(v)}" for k, v in setting.items() if not pd.isna(v))
             lines += _contrast_lines(
                 f"T={int(rows['seq_len'].iloc[0])}, SAB at {shown}", by, [m for m in REFERENCES if m in by], metric, higher_is_better
             )
@@ -359,11 +359,6 @@ def _per_configuration(group: pd.DataFrame, keys: list[str], metric: str, higher
             "not adjusted for the others (where there is no real difference, about 1 in 20 excludes 0 by chance), so a configuration picked as best here needs fresh seeds to confirm it"
         )
     return lines
-
-
-def _plain(value) -> object:
-    """5 rather than 5.0 for an integer-valued figure read back as a float."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _contrast_lines(label: str, by: dict[str, pd.DataFrame], references: list[str], metric: str, higher_is_better: bool) -> list[str]:
@@ -420,7 +415,7 @@ def headline(cells: pd.DataFrame, metric: str) -> dict[str, float]:
 
 def _configuration_suffix(row: dict) -> str:
     """'.k_top_5.lr_schedule_cosine': a group's varying fields beyond method and T, for a metric name."""
-    shown = {k: _plain(v) for k, v in row.items() if not pd.isna(v)}
+    shown = {k: plain(v) for k, v in row.items() if not pd.isna(v)}
     return "".join(f".{k}_{v}" for k, v in shown.items() if k not in ("method", "seq_len"))
 
 

@@ -95,3 +95,8 @@ def difference(a_name: str, a_values, b_name: str, b_values) -> Difference | Non
 def _finite(values) -> np.ndarray:
     x = np.asarray(list(values), dtype=float)
     return x[np.isfinite(x)]
+
+
+def plain(value) -> object:
+    """5 rather than 5.0 for an integer-valued figure read back as a float (a setting as its axis names it)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
