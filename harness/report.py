@@ -679,8 +679,9 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
             "steps x its clean s/step above), each method getting as many steps as its own s/step allows, read from its "
             "validation curve at its last evaluation inside that time; mean [" + INTERVAL_NAME + "] (n); '—': no evaluation "
             "inside that time. The other tables compare equal steps. Where SAB's whole budget took longer than BPTT's, what "
-            "BPTT would reach in that longer time is not measured here (copy_lengths' bptt_time budget measures it on copy); "
-            "a method whose whole budget took less time is marked '(its whole budget)'.",
+            "BPTT would reach in that longer time is not measured here (a sweep's bptt_time budget measures it: copy_lengths, "
+            "pmnist_local, cifar10_local); a method whose whole budget took less time is marked '(its whole budget)', and "
+            "where that is SAB, a second line sets SAB and BPTT at SAB's whole time.",
             "", *[f"- {line}" for line in same_time_lines], "" if same_time_lines else "", _markdown(same_time),
         ]  # fmt: skip
     lines += [

@@ -60,3 +60,29 @@ def test_sab_configurations_are_named_by_the_settings_that_tell_them_apart():
     )
     _, lines = equal_time(cells, curves, timing, ["method", "seq_len", "k_att", "scorer_init"])
     assert [line.split(", within")[0] for line in lines] == ["T=50, SAB at k_att=5", "T=50, SAB at k_att=10"]
+
+
+def test_where_bptt_ran_longer_than_sab_a_second_line_sets_both_at_sabs_whole_time():
+    cells = pd.concat([_cells([("bptt", 0, "b0"), ("bptt", 1, "b1")], steps=600), _cells([("sab", 0, "s0"), ("sab", 1, "s1")])])
+    curves = {  # BPTT (6x SAB's steps, 1/5 of its cost) evaluated every 100 steps, still rising at SAB's 2 s
+        "b0": [(s, s / 1000) for s in range(100, 601, 100)],
+        "b1": [(s, s / 1200) for s in range(100, 601, 100)],
+        "s0": [(50, 0.5), (100, 0.9)],
+        "s1": [(50, 0.6), (100, 0.8)],
+    }
+    table, lines = equal_time(cells, curves, _timing({"bptt": 0.004, "sab": 0.02}), KEYS)
+    rows = table.set_index("method")
+    assert rows.at["sab", "steps in that time"] == "100 of 100 (its whole budget)"  # 2 s of BPTT's 2.4 s
+    assert lines[0].startswith("T=50, within 2.4 s (BPTT's whole budget): sab - bptt = +0.300")  # BPTT at 600: 0.6, 0.5
+    # at SAB's 2 s BPTT ran 500 steps: 0.5 and 0.417, not its last evaluation's 0.6 and 0.5
+    assert (
+        lines[1] == "T=50, within 2 s (SAB's whole budget; BPTT ran 500 of 600 steps): sab - bptt = +0.392 [+0.103, +0.681]: sab better"
+    )  # Welch, df 1.9
+    assert len(lines) == 2
+
+
+def test_no_second_line_where_sabs_budget_took_as_long_as_bptts_or_longer():
+    cells = _cells([("bptt", 0, "b0"), ("sab", 0, "s0"), ("bptt", 1, "b1"), ("sab", 1, "s1")])
+    curves = {"b0": [(100, 0.5)], "b1": [(100, 0.4)], "s0": [(20, 0.6)], "s1": [(20, 0.7)]}
+    _, lines = equal_time(cells, curves, _timing({"bptt": 0.01, "sab": 0.05}), KEYS)
+    assert len(lines) == 1 and "SAB's whole budget" not in lines[0]
