@@ -35,10 +35,32 @@ def stepped_metric(tracker: Tracker, run_id: str, names: tuple[str, ...]) -> lis
     return [(step, value) for step, (_, value) in sorted(first.items())]
 
 
-def validation_curves(tracker: Tracker, cells: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
-    """run_id -> validation curve of every ok cell: read from the store once per report."""
-    ok = cells[cells["status"] == "ok"]
-    return {run_id: validation_curve(tracker, run_id) for run_id in ok["run_id"]}
+TRAINING_CURVE = ("train_loss", "elapsed_s")
+"""What the trainer logs at each evaluation besides its `val_*` figures (sab/train.py)."""
+
+
+def curve_frame(tracker: Tracker, cells: pd.DataFrame) -> pd.DataFrame:
+    """Every cell's evaluations, one row per (run, step) with each stepped figure as a column: read
+    from the store once per report, and written beside cells.csv (curves.csv) so that a report folder
+    keeps the curves, and what is computed from them, once the store is gone."""
+    names = sorted(c for c in cells.columns if c.startswith("val_")) + list(TRAINING_CURVE)
+    rows: dict[tuple[str, int], dict] = {}
+    for cell in cells.dropna(subset=["run_id"]).itertuples(index=False):
+        for name in names:
+            for step, value in stepped_metric(tracker, cell.run_id, (name, f"curve_{name}")):
+                rows.setdefault((cell.run_id, step), {"cell_id": cell.cell_id, "run_id": cell.run_id, "step": step})[name] = value
+    frame = pd.DataFrame(list(rows.values()), columns=["cell_id", "run_id", "step", *names])
+    return frame.sort_values(["cell_id", "run_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def curves_of(frame: pd.DataFrame, cells: pd.DataFrame, metric: str = "val_accuracy") -> dict[str, list[tuple[int, float]]]:
+    """run_id -> (step, `metric`) in step order, for every ok cell of `cells`, from a curve_frame."""
+    ok = set(cells.loc[cells["status"] == "ok", "run_id"])
+    if metric not in frame:
+        return {run_id: [] for run_id in ok}
+    found = frame[frame["run_id"].isin(ok) & frame[metric].notna()]
+    by_run = {run_id: list(zip(group["step"].astype(int), group[metric].astype(float))) for run_id, group in found.groupby("run_id")}
+    return {run_id: by_run.get(run_id, []) for run_id in ok}
 
 
 def first_step_at(curve: list[tuple[int, float]], target: float) -> int | None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.curves import stepped_metric
-from harness.tracking import Tracker
+from harness.curves import curves_of
 from sab.divergence import VALIDATION_FACTOR, describe_blowup, validation_blowup
 
 RELABELLED = "recorded ok before this rule; the report counts it as diverged"
 
 
-def count_late_blowups(tracker: Tracker, cells: pd.DataFrame) -> pd.DataFrame:
+def count_late_blowups(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """The cells with every ok cell whose stored validation-loss curve breaks the rule marked
     `diverged`, its error saying why; not a cell that selected its model on validation, which a rerun
     would also record ok (its best model stands, sab/train.py)."""
@@ -25,8 +24,9 @@ def count_late_blowups(tracker: Tracker, cells: pd.DataFrame) -> pd.DataFrame:
     selected = (
         cells["select_on_validation"].astype(str) == "True" if "select_on_validation" in cells else pd.Series(False, index=cells.index)
     )
+    losses = curves_of(curves, cells, "val_loss")  # `curves`: harness.curves.curve_frame of these cells
     for index in cells.index[(cells["status"] == "ok") & ~selected]:  # with selection, its best model stands (sab/train.py)
-        found = validation_blowup(stepped_metric(tracker, cells.at[index, "run_id"], ("val_loss",)))
+        found = validation_blowup(losses[cells.at[index, "run_id"]])
         if found is not None:
             cells.at[index, "status"] = "diverged"
             cells.at[index, "error"] = f"{describe_blowup(found)}: {RELABELLED}"

@@ -1,4 +1,4 @@
-"""MLflow runs -> pandas -> `results/NAME/`: report.md, cells.csv, main_table.csv and PNG plots.
+"""MLflow runs -> pandas -> `results/NAME/`: report.md, cells.csv, main_table.csv, curves.csv and PNG plots.
 
     sab-report copy_lengths                    # = python -m harness.report copy_lengths; budget quick
     sab-report copy_long --budget smoke --results-dir /tmp/results
@@ -26,7 +26,7 @@ import pandas as pd
 
 from harness import logs
 from harness.config import DEFAULT_BUDGET, LOWER_IS_BETTER, SweepConfig, SweepError, load_sweep
-from harness.curves import first_step_at, progress_table, validation_curves
+from harness.curves import curve_frame, curves_of, first_step_at, progress_table
 from harness.equal_time import equal_time
 from harness.figures import metric_plots
 from harness.grid_drift import IDENTITY_COLUMN, current_grid, outside_grid, repeated_seeds, split_earlier_identities
@@ -588,7 +588,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     """
     out = report_folder(out_root, config)
     current = current_grid(config)
-    cells = count_late_blowups(tracker, split_earlier_identities(load_cells(tracker, config.budget), current))
+    cells = split_earlier_identities(load_cells(tracker, config.budget), current)
     kept = _cells_in(out)
     if len(cells) < kept or (cells.empty and (out / "report.md").exists()):
         print(
@@ -599,7 +599,10 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     if cells.empty:
         (out / "report.md").write_text(f"# {config.name} ({config.budget})\n\nNo runs recorded yet.\n")
         return Report(out / "report.md", (out / "report.md",))
+    stepped = curve_frame(tracker, cells)  # every cell's curve, read once: for the relabelling, the sections and curves.csv
+    cells = count_late_blowups(cells, stepped)
     cells.to_csv(out / "cells.csv", index=False)
+    stepped.to_csv(out / "curves.csv", index=False)
     picked = at_picked_lr(cells, config.metric)  # every section but the lr table: one lr per method
     lr_table = lr_choice_table(cells, config.metric)
     tracker.log_summary(headline(picked, config.metric))
@@ -608,7 +611,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     memory, timing = memory_table(picked), time_table(picked)
     timing_runs = tracker.timing_runs(config.budget)
     clean = wall_clock_table(timing_runs)
-    curves = validation_curves(tracker, picked) if config.metric == "accuracy" else {}
+    curves = curves_of(stepped, picked) if config.metric == "accuracy" else {}
     reaching = time_to_accuracy(picked, curves, timing_runs) if curves else pd.DataFrame()
     made = metric_plots(picked, out)
     statuses = cells["status"].value_counts().sort_index()
@@ -724,13 +727,14 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         "",
         *[f"![{p.stem}]({p.name})" for p in made],
         "",
-        "Per-cell rows: `cells.csv`; main table: `main_table.csv`.",
+        "Per-cell rows: `cells.csv`; main table: `main_table.csv`; every cell's evaluations by step (validation "
+        "figures, training loss, elapsed seconds; run_id as in cells.csv): `curves.csv`.",
         "",
     ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     attention_files = re.findall(r"\]\((attention_[^)]+\.png)\)", "\n".join(lines))
-    written = (path, out / "cells.csv", out / "main_table.csv", *made, *(out / name for name in attention_files))
+    written = (path, out / "cells.csv", out / "main_table.csv", out / "curves.csv", *made, *(out / name for name in attention_files))
     return Report(path, tuple(p for p in written if p.exists()))
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric
 
-from harness.curves import best_by, checkpoint_steps, first_step_at, progress_table, validation_curve, validation_curves
+from harness.curves import best_by, checkpoint_steps, curve_frame, curves_of, first_step_at, progress_table, validation_curve
 from harness.tracking import Tracker
 
 
@@ -60,12 +60,41 @@ def test_progress_table_means_each_methods_best_so_far_and_leaves_steps_past_a_b
             "steps": [80, 80, 20, 80],
             "eval_interval": [10] * 4,
             "run_id": [*sab, *bptt, failed],
+            "cell_id": ["s0", "s1", "b0", "f0"],
+            "val_accuracy": [0.9, 1.0, 0.3, 0.99],
         }
     )
-    table = progress_table(cells, validation_curves(tracker, cells), ["method", "seq_len"]).set_index("method")
+    table = progress_table(cells, curves_of(curve_frame(tracker, cells), cells), ["method", "seq_len"]).set_index("method")
     assert list(table.columns) == ["seq_len", "by step 20", "by step 40", "by step 50", "by step 80"]
     assert table.loc["sab", "by step 20"].startswith("0.500 [") and table.loc["sab", "by step 20"].endswith("(n=2)")
     assert table.loc["sab", "by step 40"].startswith("0.950 [")
     assert table.loc["sab", "by step 80"] == table.loc["sab", "by step 40"]  # a solved cell keeps its figure
     assert table.loc["bptt", "by step 20"] == "0.300 (n=1)"
     assert table.loc["bptt", "by step 40"] == "—"  # past bptt's budget: nothing to show
+
+
+def test_the_curve_frame_keeps_every_cells_evaluations_and_reads_the_old_curve_name(tracker):
+    run_id = _cell(tracker, {10: 0.2, 20: 0.6}, final=0.6, steps_done=20)
+    now = 1_000_000
+    tracker.client.log_batch(run_id, metrics=[Metric("val_loss", v, now - 1, s) for s, v in ((10, 1.5), (20, 0.9))])
+    tracker.client.log_batch(run_id, metrics=[Metric("train_loss", v, now - 1, s) for s, v in ((10, 1.7), (20, 1.0))])
+    old = tracker.client.create_run(tracker.experiment_id).info.run_id  # a run from before stepped curves
+    tracker.client.log_batch(old, metrics=[Metric("curve_val_accuracy", 0.4, now, 10), Metric("val_accuracy", 0.4, now + 1, 10)])
+    failed = _cell(tracker, {10: 0.1}, final=0.1, steps_done=15)
+    cells = pd.DataFrame(
+        {
+            "cell_id": ["a", "b", "c"],
+            "run_id": [run_id, old, failed],
+            "status": ["ok", "ok", "error"],
+            "val_accuracy": [0.6, 0.4, 0.1],
+            "val_loss": [0.9, None, None],
+        }
+    )
+    frame = curve_frame(tracker, cells)
+    assert list(frame.columns) == ["cell_id", "run_id", "step", "val_accuracy", "val_loss", "train_loss", "elapsed_s"]
+    assert frame[["cell_id", "step"]].values.tolist() == [["a", 10], ["a", 20], ["b", 10], ["c", 10], ["c", 15]]
+    assert frame.loc[frame["cell_id"] == "a", "val_loss"].tolist() == pytest.approx([1.5, 0.9])
+    assert frame.loc[frame["cell_id"] == "c", "val_accuracy"].tolist() == pytest.approx([0.1, 0.1])  # a failed cell is kept, its final too
+    assert curves_of(frame, cells) == {run_id: [(10, pytest.approx(0.2)), (20, pytest.approx(0.6))], old: [(10, pytest.approx(0.4))]}
+    assert curves_of(frame, cells, "val_loss")[old] == []
+    assert curves_of(frame, cells, "val_bpc") == {run_id: [], old: []}  # a figure this sweep never logged

@@ -56,7 +56,7 @@ def test_smoke_sweep_exits_0_and_logs_a_child_run_per_cell(smoke):
 def test_report_main_table_matches_the_runs(smoke):
     folder, _ = smoke
     report = folder / "results" / "copy_lengths" / "smoke"
-    for name in ("report.md", "cells.csv", "main_table.csv", "accuracy.png", "peak_memory.png"):
+    for name in ("report.md", "cells.csv", "main_table.csv", "curves.csv", "accuracy.png", "peak_memory.png"):
         assert (report / name).exists(), name
     table = pd.read_csv(report / "main_table.csv")
     runs = _children(folder)
@@ -86,10 +86,16 @@ def test_report_main_table_matches_the_runs(smoke):
     same_time = text.split("## At equal wall-clock")[1].split("\n## ")[0]  # every method within BPTT's or the shortest budget's time
     assert "| 20 of 20 |" in same_time and "| bptt | 5 |" in same_time, same_time  # the cheapest method (BPTT): its whole budget
     assert re.search(r"\| sab \| 5 \| [\d.]+ \| [\d.]+ s \| [1-9] of 20 \| — \|", same_time), same_time  # no evaluation by then
+    curves = pd.read_csv(report / "curves.csv")  # every cell's evaluations, kept with the report when the store is gone
+    assert set(curves["run_id"]) == set(cells["run_id"])
+    assert curves.groupby("cell_id")["step"].apply(list).map(lambda steps: steps == [10, 20]).all()
+    assert curves[["val_accuracy", "val_loss", "train_loss", "elapsed_s"]].notna().all().all()
+    last = curves[curves["step"] == 20].set_index("run_id")["val_accuracy"]
+    assert last.to_dict() == pytest.approx(runs.set_index("run_id")["metrics.val_accuracy"].to_dict())
     # the same files are artifacts of the parent run
     parent = runs["tags.mlflow.parentRunId"].iloc[0]
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(parent)}
-    assert {"report.md", "cells.csv", "main_table.csv"} <= artifacts
+    assert {"report.md", "cells.csv", "main_table.csv", "curves.csv"} <= artifacts
 
 
 def test_identical_rerun_runs_nothing_and_a_deleted_cell_is_the_only_rerun(smoke):
