@@ -82,8 +82,9 @@ def checkpoint_steps(steps: int, eval_interval: int) -> list[int]:
 
 
 def progress_table(cells: pd.DataFrame, curves: dict[str, list[tuple[int, float]]], keys: list[str]) -> pd.DataFrame:
-    """Per group of `keys` (ok cells): the best validation accuracy by each checkpoint step, mean
-    [95% t interval] (n) over seeds; '—' past a group's step budget. `curves`: validation_curves'."""
+    """Per group of `keys` (ok cells): the best validation accuracy by each checkpoint step of every step
+    budget among them, mean [95% t interval] (n) over seeds; '—' past a group's step budget. `curves`:
+    run_id -> (step, validation accuracy), as curves_of gives them."""
     ok = cells[cells["status"] == "ok"]
     if ok.empty or not {"steps", "eval_interval", "run_id"} <= set(ok.columns):
         return pd.DataFrame()
@@ -91,7 +92,9 @@ def progress_table(cells: pd.DataFrame, curves: dict[str, list[tuple[int, float]
     intervals = pd.to_numeric(ok["eval_interval"], errors="coerce")
     if budgets.isna().all() or intervals.isna().all():
         return pd.DataFrame()
-    columns = checkpoint_steps(int(budgets.max()), int(intervals.min()))
+    pairs = pd.DataFrame({"steps": budgets, "interval": intervals}).dropna().drop_duplicates()
+    # each step budget's own checkpoints: a method given fewer steps (a bptt_time budget's SAB) keeps its row
+    columns = sorted(set().union(*(checkpoint_steps(int(b), int(i)) for b, i in pairs.itertuples(index=False))))
     rows = []
     for values, group in ok.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))

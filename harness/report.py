@@ -669,7 +669,8 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
             "", "## Validation over training", "",
             "The best validation accuracy reached by each step, mean [" + INTERVAL_NAME + "] (n). The lr is constant, so "
             "a column is what a budget of that many steps would have selected (select_on_validation) on this machine. "
-            "A method still rising in the last column was stopped by the step budget, not converged.",
+            "A method still rising in its last column was stopped by the step budget, not converged. Where methods ran "
+            "different step budgets, the columns are each budget's.",
             "", _markdown(progress),
         ]  # fmt: skip
     same_time, same_time_lines = (

@@ -65,7 +65,9 @@ def test_progress_table_means_each_methods_best_so_far_and_leaves_steps_past_a_b
         }
     )
     table = progress_table(cells, curves_of(curve_frame(tracker, cells), cells), ["method", "seq_len"]).set_index("method")
-    assert list(table.columns) == ["seq_len", "by step 20", "by step 40", "by step 50", "by step 80"]
+    # the checkpoints of both budgets (80 and bptt's 20), so the shorter budget keeps a row of figures
+    assert list(table.columns) == ["seq_len", "by step 10", "by step 20", "by step 40", "by step 50", "by step 80"]
+    assert table.loc["bptt", "by step 10"] == "0.100 (n=1)" and table.loc["sab", "by step 10"].startswith("0.300 [")
     assert table.loc["sab", "by step 20"].startswith("0.500 [") and table.loc["sab", "by step 20"].endswith("(n=2)")
     assert table.loc["sab", "by step 40"].startswith("0.950 [")
     assert table.loc["sab", "by step 80"] == table.loc["sab", "by step 40"]  # a solved cell keeps its figure
