@@ -14,14 +14,8 @@ import pandas as pd
 from harness.stats import estimate
 from harness.tracking import Tracker
 
-CURVE_NAMES = ("val_accuracy", "curve_val_accuracy")
 FRACTIONS = (4, 3, 2, 1.5, 1)
 """The progress table's columns: the step budget divided by these, rounded down to an evaluation."""
-
-
-def validation_curve(tracker: Tracker, run_id: str) -> list[tuple[int, float]]:
-    """(step, validation accuracy) in step order, one value per step."""
-    return stepped_metric(tracker, run_id, CURVE_NAMES)
 
 
 def stepped_metric(tracker: Tracker, run_id: str, names: tuple[str, ...]) -> list[tuple[int, float]]:

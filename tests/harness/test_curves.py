@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric
 
-from harness.curves import best_by, checkpoint_steps, curve_frame, curves_of, first_step_at, progress_table, validation_curve
+from harness.curves import best_by, checkpoint_steps, curve_frame, curves_of, first_step_at, progress_table
 from harness.tracking import Tracker
 
 
@@ -31,8 +31,9 @@ def _cell(tracker: Tracker, curve: dict[int, float], final: float, steps_done: i
 
 def test_the_curve_keeps_one_value_per_step_and_the_evaluation_over_a_final_at_its_step(tracker):
     run_id = _cell(tracker, {500: 0.1, 1000: 0.4, 1500: 0.3}, final=0.99, steps_done=1500)
-    assert validation_curve(tracker, run_id) == [(500, pytest.approx(0.1)), (1000, pytest.approx(0.4)), (1500, pytest.approx(0.3))]
-    curve = validation_curve(tracker, run_id)
+    cells = pd.DataFrame({"cell_id": ["a"], "run_id": [run_id], "status": ["ok"], "val_accuracy": [0.99]})
+    curve = curves_of(curve_frame(tracker, cells), cells)[run_id]
+    assert curve == [(500, pytest.approx(0.1)), (1000, pytest.approx(0.4)), (1500, pytest.approx(0.3))]
     assert best_by(curve, 499) is None
     assert best_by(curve, 999) == pytest.approx(0.1)
     assert best_by(curve, 1500) == pytest.approx(0.4)  # the best so far, not the last
