@@ -25,14 +25,16 @@ REFERENCE = REFERENCES[0]
 
 
 def _budgets(ok: pd.DataFrame, keys: list[str], frame: pd.DataFrame) -> list[dict]:
-    """One entry per configuration: its keys, clean s/step, step budget (the largest of its cells) and runs."""
+    """One entry per configuration: its keys, clean s/step, step budget (the largest of its cells), their product (its whole time) and runs."""
     found = []
     for values, group in ok.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
         seconds = clean_seconds(frame, row)
         steps = pd.to_numeric(group["steps"], errors="coerce").max()
         if math.isfinite(seconds) and steps == steps:
-            found.append({"row": row, "seconds": seconds, "steps": int(steps), "runs": list(group["run_id"])})
+            found.append(
+                {"row": row, "seconds": seconds, "steps": int(steps), "whole": int(steps) * seconds, "runs": list(group["run_id"])}
+            )
     return found
 
 
@@ -50,13 +52,12 @@ def equal_time(
         references = [b for b in budgets if b["row"].get("method") == REFERENCE]
         if len(budgets) < 2:
             continue
-        whole = [b["steps"] * b["seconds"] for b in (references if len(references) == 1 else budgets)]
-        seconds = min(whole)
+        seconds = min(b["whole"] for b in (references if len(references) == 1 else budgets))
         for b in budgets:
             b["done"] = min(b["steps"], int(seconds / b["seconds"] + 1e-6))  # the budget-setting method: all of it
             b["reached"] = [v for v in (best_by(curves[run_id], b["done"]) for run_id in b["runs"]) if v is not None]
             found = estimate(b["reached"])
-            ended = " (its whole budget)" if b["done"] == b["steps"] and b["steps"] * b["seconds"] < seconds * (1 - 1e-9) else ""
+            ended = " (its whole budget)" if b["done"] == b["steps"] and b["whole"] < seconds * (1 - 1e-9) else ""
             rows.append({
                 **b["row"], "seq_len": int(length), "clean s/step": f"{b['seconds']:.4f}", "time": duration(seconds),
                 "steps in that time": f"{b['done']} of {b['steps']}{ended}", "best validation accuracy by then": found.text(3) if found else "—",
@@ -64,7 +65,7 @@ def equal_time(
         if len(references) == 1:
             sab = [b for b in budgets if b["row"].get("method") == SUBJECT]
             lines += _contrasts(int(length), sab, references[0], seconds)
-            lines += _at_sabs_time(int(length), sab, references[0], curves)
+            lines += _at_sabs_time(int(length), sab, references[0], seconds, curves)
     return pd.DataFrame(rows), lines
 
 
@@ -89,13 +90,13 @@ def _contrasts(length: int, sab: list[dict], reference: dict, seconds: float) ->
     return lines
 
 
-def _at_sabs_time(length: int, sab: list[dict], reference: dict, curves: dict[str, list[tuple[int, float]]]) -> list[str]:
+def _at_sabs_time(length: int, sab: list[dict], reference: dict, seconds: float, curves: dict[str, list[tuple[int, float]]]) -> list[str]:
     """SAB - BPTT at SAB's whole time, for each SAB configuration whose whole budget took less time than
     BPTT's: BPTT credited with its last evaluation inside that time."""
     lines = []
     for b, label in zip(sab, _labels(sab)):
-        whole = b["steps"] * b["seconds"]
-        if whole >= reference["steps"] * reference["seconds"] * (1 - 1e-9):
+        whole = b["whole"]
+        if whole >= seconds * (1 - 1e-9):  # `seconds`: BPTT's whole budget
             continue
         done = min(reference["steps"], int(whole / reference["seconds"] + 1e-6))
         reached = [v for v in (best_by(curves[run_id], done) for run_id in reference["runs"]) if v is not None]
