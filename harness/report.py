@@ -428,12 +428,11 @@ TARGET_ACCURACY = 0.9
 """Time to accuracy counts the steps until validation accuracy first reaches this."""
 
 
-def wall_clock_table(timing: pd.DataFrame) -> pd.DataFrame:
-    """The clean timing pass: s/step (median [min, max] over interleaved repetitions), tokens/s, and
-    the ratio to BPTT's median at the same T."""
-    if timing.empty:
+def wall_clock_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The clean timing pass (`timing_frame` of the store's timing runs): s/step (median [min, max] over
+    interleaved repetitions), tokens/s, and the ratio to BPTT's median at the same T."""
+    if frame.empty:
         return pd.DataFrame()
-    frame = timing_frame(timing)
     varying = [k for k in ("hidden_size", "batch_size", "k_trunc", "k_top", "k_att") if frame[k].nunique(dropna=True) > 1]
     rows = []
     for _, r in frame.sort_values(["seq_len", "method"]).iterrows():
@@ -453,13 +452,12 @@ def wall_clock_table(timing: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def time_to_accuracy(cells: pd.DataFrame, curves: dict[str, list[tuple[int, float]]], timing: pd.DataFrame) -> pd.DataFrame:
+def time_to_accuracy(cells: pd.DataFrame, curves: dict[str, list[tuple[int, float]]], frame: pd.DataFrame) -> pd.DataFrame:
     """Per method and T: how many seeds' validation accuracy reached TARGET_ACCURACY, the steps it
-    took (mean [95% interval] over those seeds) and that many steps at the clean s/step."""
+    took (mean [95% interval] over those seeds) and that many steps at the clean s/step (`frame`: timing_frame)."""
     ok = cells[cells["status"] == "ok"]
     if ok.empty or "val_accuracy" not in ok:
         return pd.DataFrame()
-    frame = timing_frame(timing)
     rows, keys = [], _group_keys(ok)
     for values, group in ok.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, values))
@@ -609,10 +607,10 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
     table = main_table(cells, config)
     table.to_csv(out / "main_table.csv", index=False)
     memory, timing = memory_table(picked), time_table(picked)
-    timing_runs = tracker.timing_runs(config.budget)
-    clean = wall_clock_table(timing_runs)
+    timed = timing_frame(tracker.timing_runs(config.budget))  # one row per timed configuration, for every section
+    clean = wall_clock_table(timed)
     curves = curves_of(stepped, picked) if config.metric == "accuracy" else {}
-    reaching = time_to_accuracy(picked, curves, timing_runs) if curves else pd.DataFrame()
+    reaching = time_to_accuracy(picked, curves, timed) if curves else pd.DataFrame()
     made = metric_plots(picked, out)
     statuses = cells["status"].value_counts().sort_index()
     failures = cells[cells["status"].isin(FAILURE_STATUSES + ("oom", "diverged"))]
@@ -673,9 +671,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
             "different step budgets, the columns are each budget's.",
             "", _markdown(progress),
         ]  # fmt: skip
-    same_time, same_time_lines = (
-        equal_time(picked, curves, timing_frame(timing_runs), _group_keys(picked)) if curves else (pd.DataFrame(), [])
-    )
+    same_time, same_time_lines = equal_time(picked, curves, timed, _group_keys(picked)) if curves else (pd.DataFrame(), [])
     if not same_time.empty:
         lines += [
             "", "## At equal wall-clock", "",
