@@ -33,7 +33,7 @@ from harness.grid_drift import IDENTITY_COLUMN, current_grid, outside_grid, repe
 from harness.late_blowups import count_late_blowups, late_blowup_lines
 from harness.machine import machine
 from harness.stats import INTERVAL_NAME, difference, estimate, plain
-from harness.timing import clean_seconds, duration, timing_frame
+from harness.timing import DISTURBED, clean_seconds, disturbed, duration, timing_frame
 from harness.tracking import Tracker
 from sab.methods import METHODS, REFERENCES, SUBJECT
 from sab.train import FAILURE_STATUSES, RESULT_STATUSES, spec_fields
@@ -452,6 +452,20 @@ def wall_clock_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _disturbed_lines(frame: pd.DataFrame, config: SweepConfig) -> list[str]:
+    """A warning under the wall-clock table naming each configuration timed on a busy machine, and the
+    command that measures the pass again."""
+    found = disturbed(frame)
+    if not found:
+        return []
+    return [
+        "",
+        f"**Timed on a busy machine** (a median more than {DISTURBED}x the fastest repetition; on an idle machine they agree "
+        "within ~10-20 %): " + "; ".join(found) + ". Its ratios, and the sections below that use them, are not the steps' "
+        f"cost: `python -m harness.sweep {config.name} budget={config.budget} --retime` measures the pass again, with nothing else running.",
+    ]
+
+
 def time_to_accuracy(cells: pd.DataFrame, curves: dict[str, list[tuple[int, float]]], frame: pd.DataFrame) -> pd.DataFrame:
     """Per method and T: how many seeds' validation accuracy reached TARGET_ACCURACY, the steps it
     took (mean [95% interval] over those seeds) and that many steps at the clean s/step (`frame`: timing_frame)."""
@@ -656,6 +670,7 @@ def write_report(config: SweepConfig, tracker: Tracker, out_root: Path, wall_sec
         "Page faults/step: memory the step mapped afresh and touched (glibc's default malloc, as a trial runs), part of "
         "its time; at T = 1000 (H = 128) they are ~40 % of fused BPTT's step (`python -m benchmarks.cost --allocators default retain`).",
         "", _markdown(clean) if not clean.empty else "_No clean timing recorded for this budget (a run with --no-timing, or trials on a cluster)._",
+        *_disturbed_lines(timed, config),
         "", f"## Time to accuracy (validation accuracy >= {TARGET_ACCURACY})", "",
         "Steps until a seed's validation accuracy first reached the target (mean [95% t interval] over the seeds that reached "
         "it), and that many steps at the clean s/step above.",

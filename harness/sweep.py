@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(verbosity="default")
     parser.add_argument("--no-timing", action="store_true", help="skip the clean timing pass that ends every run (its wall-clock section)")
     parser.add_argument(
+        "--retime", action="store_true", help="run the clean timing pass again even when no cell is left to run (after a busy machine)"
+    )
+    parser.add_argument(
         "--from-scratch", action="store_true", help="train every cell from step 0, not from a shorter budget's kept final state"
     )
     return parser
@@ -173,6 +176,17 @@ def collect_handed_off(executor: Executor, tracker: Tracker, cells: list[Cell], 
         print(f"{finished} of {len(claims)} submitted cells collected; {len(claims) - finished} still queued or running", flush=True)
 
 
+def _timing_pass(tracker: Tracker, cells: list[Cell], budget: str) -> bool:
+    """Time the cells' configurations and record them under the open invocation; False when Ctrl-C cut it short."""
+    try:
+        tracker.log_timing(clean_timing(cells), budget)
+    except KeyboardInterrupt:
+        tracker.end_parent(failed=True, killed=True)
+        print("\ninterrupted during the clean timing pass: every cell is recorded; rerun with --no-timing to skip it", file=sys.stderr)
+        return False
+    return True
+
+
 def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) -> int:
     """Execute the missing and failed cells of a validated sweep; returns the exit code."""
     cells = expand(config)
@@ -198,6 +212,12 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
 
     executor = make_executor(args.executor, config, results_dir, address=args.address, on_report=on_report, detach=args.detach)
     executor.check(cells)
+    if args.retime and (args.no_timing or not executor.times_here):
+        raise SweepError(
+            f"--retime measures the clean timing pass on this machine; it cannot run with "
+            f"{'--no-timing' if args.no_timing else '--executor ' + args.executor + (' --address' if args.address else '')}: "
+            "drop that flag, or retime with the default local executor"
+        )
     for note in attention_notes(cells, check_data(cells)):
         print(f"note: {note}", flush=True)
     handed_off_cells = cells  # as an earlier invocation expanded them: their results say what they did
@@ -255,19 +275,17 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
                   f"rerun the same command to run the rest", file=sys.stderr)  # fmt: skip
             return 130
         failed = [o for o in outcomes if o.result.status in FAILURE_STATUSES]
-        if executor.times_here and not args.no_timing:
-            try:
-                tracker.log_timing(clean_timing(cells), config.budget)
-            except KeyboardInterrupt:
-                tracker.end_parent(failed=True, killed=True)
-                print(
-                    "\ninterrupted during the clean timing pass: every cell is recorded; rerun with --no-timing to skip it", file=sys.stderr
-                )
-                return 130
+        if executor.times_here and not args.no_timing and not _timing_pass(tracker, cells, config.budget):
+            return 130
         tracker.end_parent(failed=bool(failed))
     else:
         print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - running_before} done, "
               f"{running_before} running elsewhere, 0 to run", flush=True)  # fmt: skip
+        if args.retime:
+            tracker.start_parent(config.budget, executor.name, ["python", "-m", "harness.sweep", *argv])
+            if not _timing_pass(tracker, cells, config.budget):
+                return 130
+            tracker.end_parent(failed=False)
     wall = time.monotonic() - started
     if not args.no_report:
         from harness.report import write_report

@@ -90,6 +90,26 @@ def clean_seconds(frame: pd.DataFrame, configuration: dict) -> float:
     return float(timed["step_seconds"].median()) if not timed.empty else float("nan")
 
 
+DISTURBED = 1.25
+"""A configuration whose median s/step exceeds its fastest repetition by this factor was timed on a
+busy machine: on an idle one the interleaved repetitions agree within ~10-20 %."""
+
+
+def disturbed(frame: pd.DataFrame, limit: float = DISTURBED) -> list[str]:
+    """One line per timed configuration (a `timing_frame` row) whose median lies more than `limit` x
+    above its fastest repetition: most of its repetitions were slowed, so its median and its ratios
+    are not the step's cost."""
+    lines = []
+    for _, row in frame.iterrows():
+        median, fastest = row.get("step_seconds"), row.get("step_seconds_min")
+        if pd.notna(median) and pd.notna(fastest) and fastest > 0 and median > limit * fastest:
+            lines.append(
+                f"{row['method']} at T={int(row['seq_len'])}: median {median:.4f} s/step is {median / fastest:.2f}x its fastest "
+                f"repetition ({fastest:.4f})"
+            )
+    return lines
+
+
 def duration(seconds: float) -> str:
     """Seconds as a reader takes them: '0.05 s', '46 s', or '2.4 min' from two minutes on."""
     if seconds < 10:

@@ -113,3 +113,14 @@ def test_a_k_top_that_attends_every_memory_is_said_before_work(tmp_path, monkeyp
     assert [line.split(" >= ")[0] for line in notes] == ["note: 9 cells: k_top=3", "note: 9 cells: k_top=5"]
     assert main(["copy_lengths", "--dry-run"]) == 0
     assert "memories a step" not in capsys.readouterr().out  # the main job's k_top is sparse at every T
+
+
+@pytest.mark.parametrize(
+    "flags,named", [(["--no-timing"], "--no-timing"), (["--executor", "ray", "--address", "127.0.0.1:1"], "--executor ray --address")]
+)
+def test_retime_where_it_cannot_time_here_is_one_line(tmp_path, monkeypatch, capsys, flags, named):
+    monkeypatch.chdir(tmp_path)
+    assert main(["copy_lengths", "budget=smoke", "--retime", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--retime measures the clean timing pass on this machine" in err and named in err
+    assert not (tmp_path / "results").exists()

@@ -123,6 +123,24 @@ def test_identical_rerun_runs_nothing_and_a_deleted_cell_is_the_only_rerun(smoke
     assert list(fresh["tags.executor"]) == ["local"]
 
 
+def test_retime_runs_the_timing_pass_again_and_the_report_takes_the_new_figures(smoke):
+    folder, _ = smoke
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("copy_lengths").experiment_id
+    before = {r.info.run_id for r in client.search_runs([experiment], "tags.kind = 'timing'")}
+    cells = set(_children(folder)["run_id"])
+    out = cli(["harness.sweep", "copy_lengths", "budget=smoke", "--retime"], folder)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "4 cells, 4 done, 0 running elsewhere, 0 to run" in out.stdout and "clean timing: 4 configurations" in out.stdout
+    assert set(_children(folder)["run_id"]) == cells  # no cell ran again
+    new = [r for r in client.search_runs([experiment], "tags.kind = 'timing'") if r.info.run_id not in before]
+    assert sorted(r.data.params["method"] for r in new) == ["bptt", "sab", "self_attention", "tbptt"]
+    assert len({r.data.tags["mlflow.parentRunId"] for r in new}) == 1  # under an invocation run of its own
+    wall_clock = (folder / "results" / "copy_lengths" / "smoke" / "report.md").read_text().split("## Wall-clock")[1].split("\n## ")[0]
+    for run in new:  # the report shows the latest pass
+        assert f"| {run.data.metrics['step_seconds']:.4f} [" in wall_clock, (run.data.params["method"], wall_clock)
+
+
 def test_unknown_sweep_from_the_command_line(fresh_dir):
     out = cli(["harness.sweep", "no_such_sweep"], fresh_dir, timeout=60)
     assert out.returncode == 2
