@@ -182,7 +182,10 @@ def test_interrupted_trial_resumes_from_its_checkpoint_to_the_same_metrics(slurm
     while time.monotonic() < deadline:
         # Slurm holds a requeued job for ~2 min (BeginTime); let it start now
         subprocess.run(["scontrol", "update", f"JobId={job.job_id.split('_')[0]}", "StartTime=now"], capture_output=True)
-        again = cli(["harness.sweep", "long", "--executor", "slurm"], work, env=env)
+        if subprocess.run(["squeue", "-h", "-j", job.job_id], capture_output=True, text=True).stdout.strip():
+            time.sleep(1)  # still queued or running: ask Slurm, not the sweep (each sweep invocation costs seconds of CPU)
+            continue
+        again = cli(["harness.sweep", "long", "--executor", "slurm"], work, env=env)  # collects the ended job
         if "1 done" in again.stdout:
             break
         time.sleep(3)
