@@ -461,7 +461,7 @@ def _disturbed_lines(frame: pd.DataFrame, config: SweepConfig) -> list[str]:
     return [
         "",
         f"**Timed on a busy machine** (a median more than {DISTURBED}x the fastest repetition; on an idle machine they agree "
-        "within ~10-20 %): " + "; ".join(found) + ". Its ratios, and the sections below that use them, are not the steps' "
+        "within ~10-20 %): " + "; ".join(found) + ". Their ratios, and the sections below that use them, are not the steps' "
         f"cost: `python -m harness.sweep {config.name} budget={config.budget} --retime` measures the pass again, with nothing else running.",
     ]
 

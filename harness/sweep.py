@@ -216,7 +216,7 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
         raise SweepError(
             f"--retime measures the clean timing pass on this machine; it cannot run with "
             f"{'--no-timing' if args.no_timing else '--executor ' + args.executor + (' --address' if args.address else '')}: "
-            "drop that flag, or retime with the default local executor"
+            "drop that flag (retime on this machine: the default private Ray, or --executor local)"
         )
     for note in attention_notes(cells, check_data(cells)):
         print(f"note: {note}", flush=True)
