@@ -47,10 +47,13 @@ def _runs(folder: Path, sweep: str) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=[sweep], filter_string="tags.cell_id != ''")
 
 
+# Only the hanging cell runs under a short time cap (it is killed 10 s past it, harness/isolation.py);
+# the others' 6 steps took over 4 s once, on a machine the other test worker kept busy (CI, 2026-12-06).
 FAULTS = f"""
-fixed: {{{TINY}, steps: 6, eval_interval: 3, time_limit_s: 4}}
+fixed: {{{TINY}, steps: 6, eval_interval: 3, time_limit_s: 120}}
 grid:
-  inject_fault: ["", nan, oom, sleep, raise, blowup]
+  inject_fault: ["", nan, oom, raise, blowup]
+union: [{{inject_fault: [sleep], time_limit_s: [4]}}]
 budgets: {{quick: {{}}}}
 resources: {{mem_gb: 1.5}}
 """
