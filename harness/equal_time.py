@@ -65,7 +65,7 @@ def equal_time(
         if len(references) == 1:
             sab = [b for b in budgets if b["row"].get("method") == SUBJECT]
             lines += _contrasts(int(length), sab, references[0], seconds)
-            lines += _at_sabs_time(int(length), sab, references[0], seconds, curves)
+            lines += _at_sabs_time(int(length), sab, references[0], curves)
     return pd.DataFrame(rows), lines
 
 
@@ -90,13 +90,13 @@ def _contrasts(length: int, sab: list[dict], reference: dict, seconds: float) ->
     return lines
 
 
-def _at_sabs_time(length: int, sab: list[dict], reference: dict, seconds: float, curves: dict[str, list[tuple[int, float]]]) -> list[str]:
+def _at_sabs_time(length: int, sab: list[dict], reference: dict, curves: dict[str, list[tuple[int, float]]]) -> list[str]:
     """SAB - BPTT at SAB's whole time, for each SAB configuration whose whole budget took less time than
     BPTT's: BPTT credited with its last evaluation inside that time."""
     lines = []
     for b, label in zip(sab, _labels(sab)):
         whole = b["whole"]
-        if whole >= seconds * (1 - 1e-9):  # `seconds`: BPTT's whole budget
+        if whole >= reference["whole"] * (1 - 1e-9):
             continue
         done = min(reference["steps"], int(whole / reference["seconds"] + 1e-6))
         reached = [v for v in (best_by(curves[run_id], done) for run_id in reference["runs"]) if v is not None]
