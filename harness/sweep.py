@@ -213,9 +213,9 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
     executor = make_executor(args.executor, config, results_dir, address=args.address, on_report=on_report, detach=args.detach)
     executor.check(cells)
     if args.retime and (args.no_timing or not executor.times_here):
+        blocker = "--no-timing" if args.no_timing else f"--executor {args.executor}" + (" --address" if args.address else "")
         raise SweepError(
-            f"--retime measures the clean timing pass on this machine; it cannot run with "
-            f"{'--no-timing' if args.no_timing else '--executor ' + args.executor + (' --address' if args.address else '')}: "
+            f"--retime measures the clean timing pass on this machine; it cannot run with {blocker}: "
             "drop that flag (retime on this machine: the default private Ray, or --executor local)"
         )
     for note in attention_notes(cells, check_data(cells)):
@@ -235,8 +235,9 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
     running_before = sum(1 for c in cells if statuses.get(c.cell_id) == RUNNING)
     started = time.monotonic()
     outcomes = []
+    invocation = ["python", "-m", "harness.sweep", *argv]  # the parent run's command line, whichever branch opens it
     if todo:
-        tracker.start_parent(config.budget, executor.name, ["python", "-m", "harness.sweep", *argv])
+        tracker.start_parent(config.budget, executor.name, invocation)
         attempted: set[str] = set()
         total, run_ids = None, {}
         try:  # claim in bounded batches: Ctrl-C is honoured between them, a killed driver leaves few stale claims
@@ -282,7 +283,7 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, argv: list[str]) ->
         print(f"sweep {config.name} (budget {config.budget}): {len(cells)} cells, {len(cells) - running_before} done, "
               f"{running_before} running elsewhere, 0 to run", flush=True)  # fmt: skip
         if args.retime:
-            tracker.start_parent(config.budget, executor.name, ["python", "-m", "harness.sweep", *argv])
+            tracker.start_parent(config.budget, executor.name, invocation)
             if not _timing_pass(tracker, cells, config.budget):
                 return 130
             tracker.end_parent(failed=False)
