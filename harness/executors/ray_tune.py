@@ -16,6 +16,7 @@ import queue
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -237,9 +238,14 @@ class RayExecutor(Executor):
         return self.storage_path
 
     def stop(self) -> None:
-        """Stop every running trial (Ctrl-C): shut the private Ray down."""
+        """Stop every running trial (Ctrl-C): shut the private Ray down. Tune's thread is still in
+        its loop; its next Ray call would start a whole new local Ray (ray.init on first use),
+        so that is switched off first and the call fails instead, ending the thread."""
         import ray
 
+        auto_init = sys.modules.get("ray._private.auto_init_hook")  # Ray 2.x; absent, nothing to switch off
+        if auto_init is not None:
+            auto_init.enable_auto_connect = False
         if ray.is_initialized():
             ray.shutdown()
 
@@ -304,12 +310,12 @@ class RayExecutor(Executor):
         yielded = 0
         try:
             while yielded < len(cells):
-                item = sink.get()
+                item = _get_answering_signals(sink)
                 if item is None:
                     break
                 yielded += 1
                 yield item
-            thread.join(timeout=60)
+            _join_answering_signals(thread, timeout=60)
         finally:
             shutil.rmtree(storage, ignore_errors=True)
         for cell in cells:  # anything Tune never reported is a failure, never silently dropped
@@ -320,6 +326,28 @@ class RayExecutor(Executor):
                     else "Ray Tune ended without a result for this cell"
                 )
                 yield make(cell, TrialResult(status="error", error_type="NotRun", error=reason), 0.0)
+
+
+WAIT_SLICE_S = 0.5
+"""Longest the driver's main thread blocks at once while Tune runs. The kernel may hand SIGTERM or
+SIGINT to any of the driver's ~30 threads (Ray's, gRPC's, Tune's); Python then runs the handler only
+when the main thread next executes bytecode, so an unbounded wait there would never stop the sweep."""
+
+
+def _get_answering_signals(sink: queue.Queue):
+    """`sink.get()`, woken every WAIT_SLICE_S so a pending SIGTERM or SIGINT handler runs."""
+    while True:
+        try:
+            return sink.get(timeout=WAIT_SLICE_S)
+        except queue.Empty:
+            continue
+
+
+def _join_answering_signals(thread: threading.Thread, timeout: float) -> None:
+    """`thread.join(timeout)`, in slices of WAIT_SLICE_S for the same reason."""
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and time.monotonic() < deadline:
+        thread.join(timeout=min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic())))
 
 
 @contextlib.contextmanager
