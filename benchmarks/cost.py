@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -115,6 +116,20 @@ def free_bytes(device: str) -> int:
     return 1 << 62
 
 
+WAIT_SLICE_S = 0.5
+"""Longest the caller's main thread blocks at once on a worker. A signal the kernel hands to another
+thread (the sweep's heartbeat, say) runs its Python handler only when the main thread next executes
+bytecode; one answer can take a minute at T = 5000, past a scheduler's grace before SIGKILL."""
+
+
+def readline_answering_signals(stream) -> str:
+    """`stream.readline()` of a worker that writes one line per command, waiting in WAIT_SLICE_S
+    slices so a pending SIGTERM or SIGINT handler runs; '' once the worker is gone."""
+    while not select.select([stream], [], [], WAIT_SLICE_S)[0]:
+        pass
+    return stream.readline()
+
+
 class _Process:
     """A running worker for one configuration."""
 
@@ -135,7 +150,7 @@ class _Process:
         try:
             self.proc.stdin.write(json.dumps(message) + "\n")
             self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
+            line = readline_answering_signals(self.proc.stdout)
         except (BrokenPipeError, OSError):
             return None
         return json.loads(line) if line else None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
+import time
 
 import pytest
 
@@ -158,3 +160,46 @@ def test_allocator_rows_take_the_page_faults_out_and_are_divided_by_their_own_ki
     with pytest.raises(SystemExit):
         main(["--lengths", "200", "--methods", "bptt", "--allocators", "jemalloc", "--out", str(out)])
     assert "invalid choice: 'jemalloc'" in capsys.readouterr().err
+
+
+def test_a_signal_taken_by_another_thread_stops_a_wait_on_a_worker():
+    """The kernel may hand SIGTERM to any thread; the main thread, waiting on a silent worker,
+    still runs the handler within a slice (the timing pass of a sweep waits there)."""
+    import ctypes
+    import signal
+    import threading
+
+    from benchmarks.cost import WAIT_SLICE_S, readline_answering_signals
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread only")
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped
+
+    read_end, write_end = os.pipe()
+    ready = threading.Event()
+    release = threading.Event()
+
+    def other_thread() -> None:
+        ready.tid = threading.get_native_id()
+        ready.set()
+        release.wait(10)
+
+    previous = signal.signal(signal.SIGUSR2, stop)
+    helper = threading.Thread(target=other_thread, daemon=True)
+    helper.start()
+    ready.wait(5)
+    threading.Timer(0.2, lambda: ctypes.CDLL(None).tgkill(os.getpid(), ready.tid, signal.SIGUSR2)).start()
+    started = time.monotonic()
+    try:
+        with os.fdopen(read_end) as silent, pytest.raises(Stopped):
+            readline_answering_signals(silent)  # nothing is ever written
+        assert time.monotonic() - started < 0.2 + 3 * WAIT_SLICE_S
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        release.set()
+        os.close(write_end)
