@@ -181,25 +181,23 @@ def test_a_signal_taken_by_another_thread_stops_a_wait_on_a_worker():
         raise Stopped
 
     read_end, write_end = os.pipe()
-    ready = threading.Event()
     release = threading.Event()
 
-    def other_thread() -> None:
-        ready.tid = threading.get_native_id()
-        ready.set()
+    def other_thread() -> None:  # signals itself, then idles until the test ends
+        time.sleep(0.2)
+        ctypes.CDLL(None).tgkill(os.getpid(), threading.get_native_id(), signal.SIGUSR2)
         release.wait(10)
 
     previous = signal.signal(signal.SIGUSR2, stop)
     helper = threading.Thread(target=other_thread, daemon=True)
-    helper.start()
-    ready.wait(5)
-    threading.Timer(0.2, lambda: ctypes.CDLL(None).tgkill(os.getpid(), ready.tid, signal.SIGUSR2)).start()
     started = time.monotonic()
+    helper.start()
     try:
         with os.fdopen(read_end) as silent, pytest.raises(Stopped):
             readline_answering_signals(silent)  # nothing is ever written
         assert time.monotonic() - started < 0.2 + 3 * WAIT_SLICE_S
     finally:
-        signal.signal(signal.SIGUSR2, previous)
         release.set()
+        helper.join(5)
+        signal.signal(signal.SIGUSR2, previous)
         os.close(write_end)
