@@ -347,7 +347,7 @@ def _join_answering_signals(thread: threading.Thread, timeout: float) -> None:
     """`thread.join(timeout)`, in slices of WAIT_SLICE_S for the same reason."""
     deadline = time.monotonic() + timeout
     while thread.is_alive() and time.monotonic() < deadline:
-        thread.join(timeout=min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic())))
+        thread.join(timeout=min(WAIT_SLICE_S, deadline - time.monotonic()))  # join treats a negative timeout as 0
 
 
 @contextlib.contextmanager
