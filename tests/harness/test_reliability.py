@@ -346,7 +346,6 @@ def test_sigterm_stops_a_background_sweep_as_ctrl_c_does(tmp_path, to):
     rest = _output_or_stacks(driver, timeout=60)
     assert driver.returncode == 130, rest[-2000:]
     assert "interrupted: 0 of 2 cells finished and are recorded" in rest and "Traceback" not in rest, rest[-2000:]
-    assert "not the main thread" not in rest, rest[-2000:]  # Ray's warning when Tune's thread starts a second Ray after the stop
     assert _gone_within(children, 10), f"trials {children} outlived their SIGTERMed driver"
     runs = _runs(work, "forever")
     assert sorted(runs["tags.status"]) == ["killed", "killed"] and (runs["status"] == "KILLED").all()
