@@ -238,9 +238,10 @@ class RayExecutor(Executor):
 
     def stop(self) -> None:
         """Stop every running trial (Ctrl-C): shut the private Ray down. Tune's thread is still in
-        its loop, and its next Ray call starts a new local Ray (ray.init on first use), which dies
-        with this process. Left alone on purpose: with first-use init switched off, 2 test runs in 11 exited
-        1 mid-shutdown ("The core worker has already been shutdown"), the claims left open."""
+        its loop, and its next Ray call starts a new local Ray (ray.init on first use); two of its
+        agents outlive this process by a minute or two. Left alone on purpose: with first-use init
+        switched off, 2 test runs in 11 exited 1 mid-shutdown ("The core worker has already been
+        shutdown"), the claims left open."""
         import ray
 
         if ray.is_initialized():
