@@ -87,6 +87,70 @@ def stop_server(server: subprocess.Popen) -> None:
         os.killpg(server.pid, signal.SIGKILL)
 
 
+def output_or_stacks(driver: subprocess.Popen, timeout: float) -> str:
+    """A sweep driver's output once it exits; if it has not exited within `timeout`, fail with every
+    thread's stack (the driver dumps them on SIGUSR1) so a rare hang says where it hung."""
+    import signal
+    import time
+
+    try:
+        return driver.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        driver.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        driver.kill()
+        pytest.fail(f"the driver did not exit within {timeout:.0f} s; its output and stacks:\n{driver.communicate()[0][-6000:]}")
+
+
+def read_until(process: subprocess.Popen, wanted, timeout: float = 240, stream: str = "stdout", stacks: bool = True) -> str:
+    """Read `process`'s text `stream` line by line up to the first line for which `wanted(line)` holds; return it.
+
+    A bare `for line in process.stdout` waits for ever on a process that stalls before the line: here the
+    wait has a deadline, after which the process is killed (a sweep driver first dumps its threads'
+    stacks on SIGUSR1 when `stacks`) and the test fails with what it printed. Lines after the one
+    wanted stay unread, for the test to read next.
+    """
+    import queue
+    import signal
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    pipe = getattr(process, stream)
+
+    def reader() -> None:  # stops at the wanted line or at the end of the stream, so the pipe is the test's again
+        try:
+            for line in pipe:
+                lines.put(line)
+                if wanted(line):
+                    return
+        finally:
+            lines.put(None)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    timed_out = thread.is_alive()
+    if timed_out:  # stacks, then kill, which ends the stream and with it the reader
+        if stacks and process.poll() is None:
+            process.send_signal(signal.SIGUSR1)
+            thread.join(3)
+        process.kill()
+        thread.join(10)
+    seen = []
+    while not lines.empty() and (line := lines.get_nowait()) is not None:
+        seen.append(line)
+        if wanted(line) and not timed_out:
+            return line
+    if timed_out:
+        reason = f"no wanted line within {timeout:.0f} s"
+    else:
+        try:
+            reason = f"its {stream} ended (exit {process.wait(timeout=10)}) without the wanted line"
+        except subprocess.TimeoutExpired:
+            reason = f"its {stream} ended without the wanted line (the process still runs)"
+    pytest.fail(f"{reason}; it printed:\n{''.join(seen)[-6000:]}")
+
+
 def pytest_configure(config) -> None:
     """Under pytest-xdist each worker computes with one thread: two workers share the 2 cores."""
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -18,21 +18,9 @@ import pytest
 from harness.isolation import CHILD_MARK
 from harness.liveness import driver_alive, this_driver
 from harness.sweep import main
-from tests.conftest import ROOT, cli, sigint_as_from_a_terminal
+from tests.conftest import ROOT, cli, output_or_stacks, read_until, sigint_as_from_a_terminal
 
 TINY = "task: copy, seq_len: 5, hidden_size: 8, batch_size: 4, eval_batches: 1, method: sab, k_trunc: 3, k_att: 2, k_top: 2"
-
-
-def _output_or_stacks(driver: subprocess.Popen, timeout: float) -> str:
-    """The driver's output once it exits; if it has not exited within `timeout`, fail with every
-    thread's stack (the driver dumps them on SIGUSR1) so a rare hang says where it hung."""
-    try:
-        return driver.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        driver.send_signal(signal.SIGUSR1)
-        time.sleep(3)
-        driver.kill()
-        pytest.fail(f"the driver did not exit within {timeout:.0f} s; its output and stacks:\n{driver.communicate()[0][-6000:]}")
 
 
 def _sweeps(tmp_path: Path, **files: str) -> Path:
@@ -113,9 +101,7 @@ def test_sigkilled_driver_then_rerun_keeps_each_cell_exactly_once(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(sweeps))
     driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "slow", "--executor", "local", "--no-timing"], cwd=work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    for line in driver.stdout:  # kill it right after the first cell is recorded
-        if line.startswith("[1/4]"):
-            break
+    read_until(driver, lambda line: line.startswith("[1/4]"))  # kill it right after the first cell is recorded
     driver.kill()
     driver.wait(timeout=30)
     before = _runs(work, "slow")
@@ -289,9 +275,7 @@ def _training_ray_driver(tmp_path: Path, **popen: object) -> tuple[subprocess.Po
     env = dict(os.environ, PYTHONPATH=str(ROOT), SAB_SWEEPS_DIR=str(_sweeps(tmp_path, forever=FOREVER)))
     driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "forever", "--executor", "ray", "--no-timing"], cwd=work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)  # fmt: skip
-    for line in driver.stdout:  # a trial is training once it reports a step
-        if "step=" in line:
-            break
+    read_until(driver, lambda line: "step=" in line)  # a trial is training once it reports a step
     children = _trial_children(driver.pid)
     assert children, "no trial process found under the driver"
     return driver, work, children
@@ -343,7 +327,7 @@ def test_sigterm_stops_a_background_sweep_as_ctrl_c_does(tmp_path, to):
         driver.terminate()
     else:
         _sigterm_to_a_thread_other_than_main(driver.pid)
-    rest = _output_or_stacks(driver, timeout=60)
+    rest = output_or_stacks(driver, timeout=60)
     assert driver.returncode == 130, rest[-2000:]
     assert "interrupted: 0 of 2 cells finished and are recorded" in rest and "Traceback" not in rest, rest[-2000:]
     assert _gone_within(children, 10), f"trials {children} outlived their SIGTERMed driver"
@@ -364,14 +348,12 @@ def test_a_huge_grid_claims_in_batches_and_stops_on_ctrl_c_within_seconds(tmp_pa
     driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "huge", "--yes", "--executor", "local", "--no-timing"], cwd=work,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               preexec_fn=sigint_as_from_a_terminal)  # fmt: skip
-    first = driver.stdout.readline()
-    while first and not first.startswith("sweep huge"):
-        first = driver.stdout.readline()
+    first = read_until(driver, lambda line: line.startswith("sweep huge"))
     assert "450 to run on local in batches of 200" in first, first
     time.sleep(2)  # the first cell is training
     driver.send_signal(signal.SIGINT)
     started = time.monotonic()
-    rest = _output_or_stacks(driver, timeout=60)
+    rest = output_or_stacks(driver, timeout=60)
     assert driver.returncode == 130, rest[-2000:]
     assert time.monotonic() - started < 10
     assert "Traceback" not in rest

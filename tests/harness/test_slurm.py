@@ -16,7 +16,7 @@ from harness.cells import expand
 from harness.config import SweepError, load_sweep
 from harness.executors.slurm import SlurmExecutor
 from sab.train import TrialSpec, run_trial
-from tests.conftest import ROOT, cli, sigint_as_from_a_terminal
+from tests.conftest import ROOT, cli, output_or_stacks, read_until, sigint_as_from_a_terminal
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 
@@ -233,19 +233,10 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_says_so(slurm, tmp_path):
     driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", "long", "steps=100000", "--executor", "slurm"], cwd=work,
                               env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               preexec_fn=sigint_as_from_a_terminal)  # fmt: skip
-    for line in driver.stdout:
-        if line.startswith("submitted"):
-            job_id = line.rsplit(":", 1)[1].strip()
-            break
+    job_id = read_until(driver, lambda line: line.startswith("submitted")).rsplit(":", 1)[1].strip()
     time.sleep(1)
     driver.send_signal(signal.SIGINT)
-    try:
-        rest = driver.communicate(timeout=120)[0]
-    except subprocess.TimeoutExpired:
-        driver.send_signal(signal.SIGUSR1)  # the driver dumps its threads' stacks
-        time.sleep(2)
-        driver.kill()
-        pytest.fail("the driver did not stop after Ctrl-C; its stacks:\n" + driver.communicate()[0][-6000:])
+    rest = output_or_stacks(driver, timeout=120)
     assert driver.returncode == 130
     assert f"cancelled 1 submitted jobs: {job_id}" in rest and "rerun the same command" in rest
     deadline = time.monotonic() + 60

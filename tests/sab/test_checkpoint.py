@@ -9,7 +9,7 @@ import sys
 import time
 
 from sab.train import TrialSpec, run_trial
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_until
 
 ARGS = ["--method", "sab", "--seq-len", "5", "--hidden-size", "8", "--batch-size", "4", "--steps", "400",
         "--eval-interval", "100", "--eval-batches", "1", "--k-trunc", "3", "--k-att", "2", "--k-top", "2"]  # fmt: skip
@@ -27,7 +27,7 @@ def test_preempted_trial_resumes_to_the_same_metrics(tmp_path):
     want = json.loads(uninterrupted.communicate(timeout=300)[0])
 
     first = _trial(["--checkpoint-path", str(checkpoint), "--checkpoint-every", "1000"])
-    first.stderr.readline()  # the first progress line (step 100): training is under way
+    read_until(first, lambda line: True, stream="stderr", stacks=False)  # the first progress line (step 100): training is under way
     first.send_signal(signal.SIGUSR2)  # preemption: save at the next step boundary, then stop
     first.communicate(timeout=120)
     assert first.returncode == -signal.SIGUSR2
@@ -44,7 +44,7 @@ def test_preempted_trial_resumes_to_the_same_metrics(tmp_path):
 def test_sigterm_saves_and_training_goes_on(tmp_path):
     checkpoint = tmp_path / "trial.pt"
     trial = _trial(["--checkpoint-path", str(checkpoint)])
-    trial.stderr.readline()
+    read_until(trial, lambda line: True, stream="stderr", stacks=False)
     trial.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 30
     while not checkpoint.exists() and trial.poll() is None and time.monotonic() < deadline:
