@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,9 @@ def output_or_stacks(driver: subprocess.Popen, timeout: float) -> str:
         pytest.fail(f"the driver did not exit within {timeout:.0f} s; its output and stacks:\n{driver.communicate()[0][-6000:]}")
 
 
-def read_until(process: subprocess.Popen, wanted, timeout: float = 240, stream: str = "stdout", stacks: bool = True) -> str:
+def read_until(
+    process: subprocess.Popen, wanted: Callable[[str], bool], timeout: float = 240, stream: str = "stdout", stacks: bool = True
+) -> str:
     """Read `process`'s text `stream` line by line up to the first line for which `wanted(line)` holds; return it.
 
     A bare `for line in process.stdout` waits for ever on a process that stalls before the line: here the
