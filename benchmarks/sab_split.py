@@ -81,7 +81,14 @@ def split_timings(length: int, repeats: int, hidden_size: int = 128, batch_size:
     jobs: dict[str, Callable[[], None]] = {"sab": sab.step, "sab pass 1": pass_one, "bptt_cell": cell.step, "bptt": bptt.step}
     if what_if:
         jobs.update({f"sab pass 1, {name}": pass_one_with(scores) for name, scores in WHAT_IF_SCORERS.items()})
-    for job in jobs.values():  # warm up twice: allocator and caches
+    return interleaved_medians(jobs, repeats)
+
+
+def interleaved_medians(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each job over `repeats` rounds that run every job once, in turn (a drift of
+    the machine's speed then reaches every job alike), after two warm-up runs each (allocator, caches,
+    compilations)."""
+    for job in jobs.values():
         job()
         job()
     seconds: dict[str, list[float]] = {name: [] for name in jobs}
