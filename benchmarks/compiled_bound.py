@@ -32,7 +32,7 @@ from benchmarks.cost_worker import Worker
 from benchmarks.sab_split import interleaved_medians
 from sab.credit import StepResult, _loss, training_step
 from sab.model import SABLSTM, LSTMModel, lstm_step
-from sab.sparse_attention import EPS, attention_weights
+from sab.sparse_attention import attention_weights, sparse_weights
 from sab.tasks.base import Batch, PositionLoss
 
 
@@ -54,31 +54,21 @@ def sparse_block(k_top: int) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tens
         gates: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, bank: Tensor, keys: Tensor, query_weight2: Tensor, query_bias2: Tensor,
         weight2: Tensor, minus_weight_sum: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-        return _sparse_steps(gates, h, c, w_hh, bank, keys, query_weight2, query_bias2, weight2, minus_weight_sum, k_top)
+        states, summaries, picks = [], [], []
+        for j in range(gates.shape[0]):
+            provisional, c = lstm_step(gates[j], h, c, w_hh)
+            doubled_query = torch.addmm(query_bias2, provisional, query_weight2.t())
+            scores = (torch.sigmoid(doubled_query.unsqueeze(1) + 2 * keys) @ weight2).squeeze(2) + minus_weight_sum
+            values, top = torch.topk(scores, k_top + 1, dim=1)
+            picked = torch.gather(bank, 1, top.unsqueeze(2).expand(-1, -1, bank.shape[2]))
+            summary = torch.bmm(sparse_weights(values).unsqueeze(1), picked).squeeze(1)
+            h = provisional + summary
+            states.append(h)
+            summaries.append(summary)
+            picks.append(top)
+        return torch.stack(states), torch.stack(summaries), torch.stack(picks), h, c
 
     return block
-
-
-def _sparse_steps(
-    gates: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, bank: Tensor, keys: Tensor, query_weight2: Tensor, query_bias2: Tensor,
-    weight2: Tensor, minus_weight_sum: Tensor, k_top: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """`sparse_block`'s steps."""
-    states, summaries, picks = [], [], []
-    for j in range(gates.shape[0]):
-        provisional, c = lstm_step(gates[j], h, c, w_hh)
-        doubled_query = torch.addmm(query_bias2, provisional, query_weight2.t())
-        scores = (torch.sigmoid(doubled_query.unsqueeze(1) + 2 * keys) @ weight2).squeeze(2) + minus_weight_sum
-        values, top = torch.topk(scores, k_top + 1, dim=1)
-        kept = torch.relu(values - values[:, -1:])
-        weights = kept / (kept.sum(dim=1, keepdim=True) + EPS)
-        picked = torch.gather(bank, 1, top.unsqueeze(2).expand(-1, -1, bank.shape[2]))
-        summary = torch.bmm(weights.unsqueeze(1), picked).squeeze(1)
-        h = provisional + summary
-        states.append(h)
-        summaries.append(summary)
-        picks.append(top)
-    return torch.stack(states), torch.stack(summaries), torch.stack(picks), h, c
 
 
 class CompiledBlocks:
