@@ -54,6 +54,7 @@ def _copy_long_ten_seeds() -> list[str]:
 
 
 def _quoting() -> str:
+    """The README and its details in one text, as a reader meets the figures."""
     return "\n".join((ROOT / path).read_text() for path in QUOTING)
 
 
