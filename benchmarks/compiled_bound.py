@@ -29,7 +29,7 @@ from torch import Tensor
 
 from benchmarks.cost import CostConfig
 from benchmarks.cost_worker import Worker
-from benchmarks.sab_split import interleaved_medians
+from benchmarks.sab_split import add_size_arguments, interleaved_medians
 from sab.credit import StepResult, _loss, training_step
 from sab.model import SABLSTM, LSTMModel, lstm_step
 from sab.sparse_attention import attention_weights, sparse_weights
@@ -176,10 +176,7 @@ def bound_timings(length: int, repeats: int, hidden_size: int = 128, batch_size:
 def main(argv: list[str] | None = None) -> int:
     """Print the compiled and eager timings and the bound they set on sab / bptt_cell and sab / bptt."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compiled_bound", description=__doc__.split("\n")[0])
-    parser.add_argument("--length", type=int, default=1000, help="sequence length T")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions (medians)")
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_size_arguments(parser)
     parser.add_argument("--k-trunc", type=int, default=10)
     parser.add_argument("--k-att", type=int, default=10, help="memory interval, and the steps of a compiled block")
     parser.add_argument("--k-top", type=int, default=5)

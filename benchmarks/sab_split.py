@@ -100,13 +100,18 @@ def interleaved_medians(jobs: dict[str, Callable[[], object]], repeats: int) -> 
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the split and the lower bound it sets on sab / bptt_cell."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sab_split", description=__doc__.split("\n")[0])
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sizes every in-process split benchmark takes: T, repetitions, H and B (item 4's by default)."""
     parser.add_argument("--length", type=int, default=1000, help="sequence length T")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions (medians)")
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the split and the lower bound it sets on sab / bptt_cell."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sab_split", description=__doc__.split("\n")[0])
+    add_size_arguments(parser)
     parser.add_argument("--what-if", action="store_true", help="also pass 1 with a bilinear scorer and with scoring free")
     args = parser.parse_args(argv)
     med = split_timings(args.length, args.repeats, args.hidden_size, args.batch_size, what_if=args.what_if)
